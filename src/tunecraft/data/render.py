@@ -1,0 +1,210 @@
+"""Render examples exactly as training sees them: token ids plus the loss mask.
+
+Chats are rendered with the model's own chat template (transformers compiles it in Jinja's
+`ImmutableSandboxedEnvironment`, so a template cannot reach Python internals). The loss mask is
+built from *segments*: the template is rendered for growing prefixes of the conversation, and
+the text each assistant turn adds (its content and its end-of-turn token) bears loss. Each
+segment is tokenized on its own and the ids are concatenated: this is exactly what happens at
+inference, where the prompt (ending in the generation prompt) is tokenized alone and the answer
+is generated token by token after it. Raw text bears loss everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunecraft.data.schema import Example
+from tunecraft.errors import DataError
+
+IGNORE = -100  # label value that bears no loss (torch's cross_entropy ignore_index)
+TemplateMode = Literal["auto", "chat", "raw"]
+
+# Used for instruction rows when the model has no chat template (Alpaca layout).
+RAW_INSTRUCTION = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where the token bears no loss, else the token id itself
+    path: str = ""
+    line: int = 0
+    truncated: int = 0  # tokens cut by max_length
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_loss(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def use_chat(tokenizer: Any, mode: TemplateMode) -> bool:
+    if mode == "chat":
+        if not has_chat_template(tokenizer):
+            raise DataError(
+                "data.template=chat, but the model's tokenizer has no chat template. "
+                "Use data.template=raw, or a chat model."
+            )
+        return True
+    return mode == "auto" and has_chat_template(tokenizer)
+
+
+def to_messages(example: Example, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The example as chat messages (prompt/completion and instruction become one exchange)."""
+    if example.format == "chat":
+        msgs = [{"role": m.role, "content": m.content, "weight": m.weight} for m in example.messages]
+    elif example.format == "prompt_completion":
+        msgs = [
+            {"role": "user", "content": example.prompt, "weight": 1},
+            {"role": "assistant", "content": example.completion, "weight": 1},
+        ]
+    elif example.format == "instruction":
+        user = example.instruction if not example.input else f"{example.instruction}\n\n{example.input}"
+        msgs = [
+            {"role": "user", "content": user, "weight": 1},
+            {"role": "assistant", "content": example.output, "weight": 1},
+        ]
+    else:
+        raise ValueError("raw text has no chat form")
+    if system_prompt and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system_prompt, "weight": 1})
+    return msgs
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], gen_prompt: bool) -> str:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen_prompt)
+
+
+def _split_at_end_token(text: str, end_token: str | None) -> tuple[str, str]:
+    """Split an assistant segment after its end-of-turn token: (loss part, trailing part).
+
+    ChatML emits `<|im_end|>\\n`; the newline after the end token is never generated (generation
+    stops at the end token), so it bears no loss.
+    """
+    if end_token and end_token in text:
+        cut = text.rindex(end_token) + len(end_token)
+        return text[:cut], text[cut:]
+    return text, ""
+
+
+def chat_segments(
+    tokenizer: Any, messages: list[dict[str, Any]], where: str = ""
+) -> list[tuple[str, bool]]:
+    """(text, bears_loss) segments whose concatenation is the rendered conversation."""
+    end_token = tokenizer.eos_token
+    segments: list[tuple[str, bool]] = []
+    done = ""  # rendered text covered by segments so far
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], gen_prompt=True)
+        full = _render(tokenizer, messages[: i + 1], gen_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise DataError(
+                f"{where}: the chat template does not render conversations prefix-stably "
+                "(a later turn changes how an earlier one is rendered), so the loss mask cannot "
+                "be derived exactly. Use single-turn examples or a model with a standard template."
+            )
+        segments.append((prompt[len(done) :], False))
+        answer, tail = _split_at_end_token(full[len(prompt) :], end_token)
+        segments.append((answer, msg.get("weight", 1) != 0))
+        if tail:
+            segments.append((tail, False))
+        done = full
+    rest = _render(tokenizer, messages, gen_prompt=False)
+    if rest.startswith(done) and len(rest) > len(done):
+        segments.append((rest[len(done) :], False))
+    return [(text, loss) for text, loss in segments if text]
+
+
+def raw_segments(tokenizer: Any, example: Example) -> list[tuple[str, bool]]:
+    """Templates for models without a chat template; an end token closes each completion."""
+    eos = tokenizer.eos_token or ""
+    if example.format == "text":
+        return [(example.text + eos, True)]
+    if example.format == "prompt_completion":
+        return [(example.prompt, False), (example.completion + eos, True)]
+    if example.format == "instruction":
+        input_block = f"### Input:\n{example.input}\n\n" if example.input else ""
+        head = RAW_INSTRUCTION.format(instruction=example.instruction, input_block=input_block)
+        return [(head, False), (example.output + eos, True)]
+    # A chat file with a model that has no template: plain "role: content" lines.
+    segments: list[tuple[str, bool]] = []
+    for m in example.messages:
+        if m.role == "assistant":
+            segments.append(("assistant: ", False))
+            segments.append((m.content + eos, m.weight != 0))
+            segments.append(("\n", False))
+        else:
+            segments.append((f"{m.role}: {m.content}\n", False))
+    return segments
+
+
+def segments_for(
+    example: Example, tokenizer: Any, mode: TemplateMode = "auto", system_prompt: str | None = None
+) -> list[tuple[str, bool]]:
+    where = f"{example.path}:{example.line}"
+    if example.format == "text":
+        return raw_segments(tokenizer, example)
+    if use_chat(tokenizer, mode):
+        return chat_segments(tokenizer, to_messages(example, system_prompt), where)
+    return raw_segments(tokenizer, example)
+
+
+def _bos_prefix(tokenizer: Any, first_text: str) -> list[int]:
+    """The BOS id when the tokenizer adds one by itself and the template did not write it."""
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer.bos_token_id is None or first_text.startswith(bos):
+        return []
+    probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return [tokenizer.bos_token_id] if probe and probe[0] == tokenizer.bos_token_id else []
+
+
+def tokenize_segments(
+    tokenizer: Any, segments: list[tuple[str, bool]], max_length: int | None = None
+) -> tuple[list[int], list[int], int]:
+    """Token ids and labels for segments; returns (ids, labels, tokens cut by max_length)."""
+    ids: list[int] = _bos_prefix(tokenizer, segments[0][0]) if segments else []
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, loss in segments:
+        seg_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids.extend(seg_ids)
+        labels.extend(seg_ids if loss else [IGNORE] * len(seg_ids))
+    cut = 0
+    if max_length is not None and len(ids) > max_length:
+        cut = len(ids) - max_length
+        ids, labels = ids[:max_length], labels[:max_length]
+    return ids, labels, cut
+
+
+def tokenize_example(
+    example: Example,
+    tokenizer: Any,
+    max_length: int | None = None,
+    mode: TemplateMode = "auto",
+    system_prompt: str | None = None,
+) -> TokenizedExample:
+    """One example -> token ids and labels, truncated on the right to `max_length`."""
+    segments = segments_for(example, tokenizer, mode, system_prompt)
+    ids, labels, cut = tokenize_segments(tokenizer, segments, max_length)
+    return TokenizedExample(ids, labels, example.path, example.line, cut)
+
+
+def prompt_ids(
+    tokenizer: Any, messages: list[dict[str, Any]], mode: TemplateMode = "auto"
+) -> list[int]:
+    """Token ids of a generation prompt, tokenized exactly as training tokenized prompts."""
+    if use_chat(tokenizer, mode):
+        text = _render(tokenizer, messages, gen_prompt=True)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    ids, _, _ = tokenize_segments(tokenizer, [(text, False)])
+    return ids

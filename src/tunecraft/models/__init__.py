@@ -1,0 +1,1 @@
+"""Models: resolve a name or path to a local Hugging Face directory, and load it safely."""

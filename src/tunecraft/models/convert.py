@@ -1,0 +1,111 @@
+"""Convert a GGUF file into a cached Hugging Face directory, once, atomically.
+
+Training needs a float model in a normal HF directory: transformers de-quantizes GGUF on load
+(~20 s for the default model), and its Trainer-era code refuses models still marked as GGUF
+quantized. So we convert once into `$TUNECRAFT_HOME/models/<key>/` and reuse it.
+
+Atomicity: a file lock serializes converters; the result is written to a temporary directory,
+fsynced, and renamed into place, then marked complete. A crashed conversion leaves only a
+temporary directory, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from tunecraft import paths
+
+COMPLETE_MARKER = ".tunecraft-complete.json"
+
+
+def cache_key(gguf: Path, name: str | None = None) -> str:
+    """Stable key for a GGUF file: its name plus size and mtime (cheap; no full hash of 100 MB)."""
+    st = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return f"{name or gguf.stem.lower()}-{digest}"
+
+
+def is_complete(directory: Path) -> bool:
+    return (directory / COMPLETE_MARKER).is_file() and (directory / "config.json").is_file()
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for fname in files:
+            with open(os.path.join(dirpath, fname), "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _convert_into(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The weights are now plain float tensors; drop the GGUF quantization marker so that the
+    # saved directory loads as an ordinary, trainable model.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = gguf.stem
+    eos_ids = {tid for tid in (tokenizer.eos_token_id, model.config.eos_token_id) if tid is not None}
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id,
+        eos_token_id=sorted(eos_ids) if len(eos_ids) > 1 else next(iter(eos_ids), None),
+        pad_token_id=tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id,
+    )
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos:
+        tokenizer.model_max_length = int(max_pos)
+    model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+
+
+def convert_gguf(
+    gguf: Path,
+    name: str | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> Path:
+    """Return the cached HF directory for `gguf`, converting it first if needed."""
+    root = paths.models_dir()
+    key = cache_key(gguf, name)
+    final = root / key
+    if is_complete(final):
+        return final
+    with FileLock(str(root / f"{key}.lock")):
+        if is_complete(final):  # another process finished while we waited
+            return final
+        for stale in root.glob(f"{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # incomplete leftover of an older layout
+            shutil.rmtree(final)
+        tmp = root / f"{key}.tmp-{os.getpid()}"
+        if on_status:
+            on_status(f"converting {gguf.name} to a Hugging Face directory (once, ~20 s)")
+        try:
+            _convert_into(gguf, tmp)
+            (tmp / COMPLETE_MARKER).write_text(
+                json.dumps({"source": str(gguf), "size": gguf.stat().st_size}), encoding="utf-8"
+            )
+            _fsync_tree(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
