@@ -1,0 +1,575 @@
+"""The generation engine shared by `serve`, `chat` and eval.
+
+`load_target` turns a RUN_DIR or MODEL argument into a `LoadedModel`. LoRA runs over the same
+base share one copy of the base in memory: the base is wrapped once in a `PeftModel`, each run's
+adapter is added with `load_adapter`, and `LoadedModel.activate()` selects it under the base's
+lock (plain base targets run with adapters disabled). Prompts are tokenized exactly as training
+did (`tunecraft.data.render.prompt_ids` with the run's tokenizer, template mode and system prompt).
+
+Generation is a plain KV-cached decode loop (rather than `model.generate`) so that one loop gives
+batched left-padded decoding, per-row sampling seeds, stop strings, token streaming, log-probs and
+cancellation between any two tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tunecraft.data.render import TemplateMode, prompt_ids, tokenize_segments
+from tunecraft.errors import TunecraftError
+from tunecraft.serve.rundir import is_run_dir, read_run, resolve_base
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class GenerationError(TunecraftError):
+    """A request the engine cannot serve (e.g. longer than the context window)."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _SharedModel:
+    """One module in memory and the lock that serializes its use (and its adapter switching)."""
+
+    module: Any  # a transformers model, or a PeftModel once an adapter was attached
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters: set[str] = field(default_factory=set)
+
+
+class ModelCache:
+    """Base models loaded once per (path, dtype, device), so that several adapters share one."""
+
+    def __init__(self) -> None:
+        self._shared: dict[tuple[str, str, str], _SharedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> _SharedModel:
+        from tunecraft.models.load import load_model
+
+        key = (str(Path(path).resolve()), str(dtype), str(device))
+        with self._lock:
+            if key not in self._shared:
+                module = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+                module.eval()
+                self._shared[key] = _SharedModel(module)
+            return self._shared[key]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: weights (maybe shared), tokenizer, and how to prompt it."""
+
+    name: str
+    tokenizer: Any
+    template: TemplateMode
+    system_prompt: str | None
+    eos_token_ids: tuple[int, ...]  # generation stops at any of these (end-of-turn first)
+    context_length: int
+    device: torch.device
+    shared: _SharedModel
+    adapter: str | None = None  # None: run with every adapter disabled
+
+    @contextmanager
+    def activate(self) -> Iterator[Any]:
+        """Hold the base's lock with this target's adapter selected; yields the callable module."""
+        from peft import PeftModel
+
+        with self.shared.lock:
+            module = self.shared.module
+            if not isinstance(module, PeftModel):
+                yield module
+            elif self.adapter is None:
+                with module.disable_adapter():
+                    yield module
+            else:
+                module.set_adapter(self.adapter)
+                yield module
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_token_ids[0])
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt ids for a conversation, rendered and tokenized exactly as in training."""
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self.system_prompt and (not msgs or msgs[0]["role"] != "system"):
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return prompt_ids(self.tokenizer, msgs, self.template)
+
+    def text_prompt(self, text: str) -> list[int]:
+        """Ids for a raw text prompt, tokenized as training tokenized raw segments."""
+        ids, _, _ = tokenize_segments(self.tokenizer, [(text, False)])
+        return ids
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # fp32 on CPU keeps log-probs exact; bf16 on GPU is what the hardware is fast at.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def end_of_turn_ids(tokenizer: Any, model_dirs: Sequence[Path]) -> tuple[int, ...]:
+    """The tokenizer's EOS (the end-of-turn token training appended) plus generation-config EOS ids."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    for directory in model_dirs:
+        if not (directory / "generation_config.json").is_file():
+            continue
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(str(directory)).eos_token_id
+        for tid in [eos] if isinstance(eos, int) else (eos or []):
+            if int(tid) not in ids:
+                ids.append(int(tid))
+    if not ids:
+        raise GenerationError(
+            "the model has no end-of-turn token (no tokenizer eos_token, no generation_config "
+            "eos_token_id); generation would never stop"
+        )
+    return tuple(ids)
+
+
+def _context_length(module: Any, tokenizer: Any) -> int:
+    config = getattr(module, "config", None)
+    n = getattr(config, "max_position_embeddings", None)
+    if n:
+        return int(n)
+    return int(min(getattr(tokenizer, "model_max_length", 2048), 1 << 20))
+
+
+def load_target(
+    target: str,
+    *,
+    name: str | None = None,
+    cache: ModelCache | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a RUN_DIR (LoRA or full) or a MODEL argument (resolved like `--model`).
+
+    Pass the same `cache` for several targets to share base weights between LoRA runs.
+    The model id defaults to the run directory's name or the model argument itself.
+    """
+    from tunecraft.models.load import load_tokenizer
+
+    cache = cache or ModelCache()
+    dev = torch.device(device) if device is not None else default_device()
+    dt = dtype or default_dtype(dev)
+    path = Path(target).expanduser()
+    if path.is_dir() and is_run_dir(path):
+        info = read_run(path)
+        model_id = name or info.run_dir.name
+        trust = trust_remote_code or info.trust_remote_code
+        tokenizer = load_tokenizer(info.model_dir, trust_remote_code=trust)
+        if info.method == "lora":
+            base_dir = resolve_base(info)
+            shared = cache.get(base_dir, dt, dev, trust)
+            _attach_adapter(shared, info.model_dir, model_id)
+            adapter: str | None = model_id
+            eos_dirs = [info.model_dir, base_dir]
+        else:
+            shared = cache.get(info.model_dir, dt, dev, trust)
+            adapter, eos_dirs = None, [info.model_dir]
+        template, system_prompt = info.template, info.system_prompt
+    else:
+        from tunecraft.models.resolve import resolve_model
+
+        resolved = resolve_model(target)
+        model_id = name or target
+        tokenizer = load_tokenizer(resolved.path, trust_remote_code=trust_remote_code)
+        shared = cache.get(resolved.path, dt, dev, trust_remote_code)
+        adapter, eos_dirs = None, [resolved.path]
+        template, system_prompt = "auto", None
+    return LoadedModel(
+        name=model_id,
+        tokenizer=tokenizer,
+        template=template,
+        system_prompt=system_prompt,
+        eos_token_ids=end_of_turn_ids(tokenizer, eos_dirs),
+        context_length=_context_length(shared.module, tokenizer),
+        device=dev,
+        shared=shared,
+        adapter=adapter,
+    )
+
+
+def _attach_adapter(shared: _SharedModel, adapter_dir: Path, adapter_name: str) -> None:
+    """Add a LoRA adapter to a shared base (wrapping it in a PeftModel the first time)."""
+    from peft import PeftModel
+
+    with shared.lock:
+        if adapter_name in shared.adapters:
+            raise GenerationError(f"two targets share the model id {adapter_name!r}; pass distinct names")
+        if isinstance(shared.module, PeftModel):
+            shared.module.load_adapter(str(adapter_dir), adapter_name=adapter_name)
+        else:
+            shared.module = PeftModel.from_pretrained(
+                shared.module, str(adapter_dir), adapter_name=adapter_name
+            )
+        shared.module.eval()
+        shared.adapters.add(adapter_name)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep going past end-of-turn (benchmarks, load tests)
+    logprobs: int | None = None  # top alternatives per generated token (None: no log-probs)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 1e-5
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    """One token from (V,) float logits: argmax, or temperature + nucleus sampling."""
+    if params.greedy:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < params.top_p
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        choice = torch.multinomial(sorted_p.cpu(), 1, generator=gen)
+        return int(order[choice.to(order.device)])
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _generator(params: SamplingParams) -> torch.Generator | None:
+    if params.greedy:
+        return None
+    seed = params.seed if params.seed is not None else random.getrandbits(63)
+    return torch.Generator().manual_seed(int(seed))
+
+
+# ----------------------------------------------------------------------------- text
+
+
+class TextTracker:
+    """Incremental detokenization with stop strings for one sequence.
+
+    Text is re-decoded from all ids each step (byte-level BPE can split a character across
+    tokens, so per-token decoding is wrong); text that might still become a stop string, or an
+    incomplete UTF-8 character, is held back until it is decided.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0  # characters of `text` already returned as deltas
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add a token; returns the text that is now safe to emit (sets `stopped` on a stop string)."""
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hit = self._find_stop()
+        if hit is not None:
+            self.text = self.text[:hit]
+            self.stopped = True
+            return self._emit(len(self.text))
+        safe = len(self.text)
+        if self.text.endswith("\ufffd"):
+            safe = self.text.rstrip("\ufffd").__len__()
+        safe = min(safe, len(self.text) - self._stop_prefix_len())
+        return self._emit(max(safe, self.emitted))
+
+    def flush(self) -> str:
+        """Everything not yet emitted (the sequence ended for another reason than a stop string)."""
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        delta = self.text[self.emitted : upto]
+        self.emitted = upto
+        return delta
+
+    def _find_stop(self) -> int | None:
+        if not self.stop:
+            return None
+        longest = max(len(s) for s in self.stop)
+        start = max(0, self.emitted - longest)
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _stop_prefix_len(self) -> int:
+        """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class TokenEvent:
+    """One step of one row: the token, the text it released, and whether the row is done."""
+
+    row: int
+    token_id: int | None  # None when the row ended without a new token (eos, cancel)
+    text: str
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: FinishReason | None = None
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def check_budget(lm: LoadedModel, n_prompt: int, max_tokens: int) -> None:
+    """Refuse a request whose prompt plus `max_tokens` does not fit the context window."""
+    if n_prompt + max_tokens > lm.context_length:
+        raise GenerationError(
+            f"this model's context length is {lm.context_length} tokens; the prompt has {n_prompt} "
+            f"and max_tokens asks for {max_tokens} more (at most {max(lm.context_length - n_prompt, 0)})"
+        )
+
+
+def generate_events(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | Sequence[SamplingParams],
+    cancelled: Callable[[int], bool] | None = None,
+) -> Iterator[list[TokenEvent]]:
+    """Decode a batch of prompts together (left padding); yields each step's events.
+
+    `params` is one SamplingParams for all rows or one per row. A row ends at an end-of-turn
+    token (not included in the text), a stop string (cut before it), `max_tokens`, or when
+    `cancelled(row)` turns true. Greedy rows give the same tokens as decoding them alone
+    (up to floating-point ties).
+    """
+    rows = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+    assert len(rows) == len(prompts) and prompts
+    for p, sp in zip(prompts, rows):
+        if not p:
+            raise GenerationError("empty prompt")
+        check_budget(lm, len(p), sp.max_tokens)
+    with lm.activate() as module, torch.inference_mode():
+        yield from _decode(lm, module, prompts, rows, cancelled or (lambda _row: False))
+
+
+def _decode(
+    lm: LoadedModel,
+    module: Any,
+    prompts: Sequence[Sequence[int]],
+    rows: list[SamplingParams],
+    cancelled: Callable[[int], bool],
+) -> Iterator[list[TokenEvent]]:
+    from transformers import DynamicCache
+
+    n = len(prompts)
+    trackers = [TextTracker(lm.tokenizer, sp.stop) for sp in rows]
+    gens = [_generator(sp) for sp in rows]
+    done = [sp.max_tokens <= 0 for sp in rows]
+    counts = [0] * n
+    eos = set(lm.eos_token_ids)
+    ids, mask = _left_pad(prompts, lm.pad_token_id, lm.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
+    if all(done):
+        return
+    cache = DynamicCache(config=module.config)
+    out = module(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    while True:
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        logp = torch.log_softmax(logits, dim=-1) if any(sp.logprobs is not None for sp in rows) else None
+        events: list[TokenEvent] = []
+        next_ids = [lm.pad_token_id] * n
+        for r in range(n):
+            if done[r]:
+                continue
+            if cancelled(r):
+                done[r] = True
+                events.append(TokenEvent(r, None, "", finish_reason="cancelled"))
+                continue
+            sp = rows[r]
+            tok = _sample(logits[r], sp, gens[r])
+            event = _step_row(lm, trackers[r], tok, sp, logp[r] if logp is not None else None, r, eos)
+            counts[r] += event.token_id is not None
+            if event.finish_reason is None and counts[r] >= sp.max_tokens:
+                event.text += trackers[r].flush()
+                event.finish_reason = "length"
+            done[r] = event.finish_reason is not None
+            next_ids[r] = tok
+            events.append(event)
+        if events:
+            yield events
+        if all(done):
+            return
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        positions = positions[:, -1:] + 1
+        step_ids = torch.tensor(next_ids, dtype=torch.long, device=lm.device)[:, None]
+        out = module(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+
+
+def _step_row(
+    lm: LoadedModel,
+    tracker: TextTracker,
+    tok: int,
+    sp: SamplingParams,
+    logp: torch.Tensor | None,
+    row: int,
+    eos: set[int],
+) -> TokenEvent:
+    """Apply one sampled token to a row: end-of-turn, stop strings, or new text."""
+    lp, top = None, None
+    if logp is not None and sp.logprobs is not None:
+        lp = float(logp[tok])
+        if sp.logprobs > 0:
+            values, indices = torch.topk(logp, sp.logprobs)
+            top = {int(i): float(v) for v, i in zip(values, indices)}
+    if tok in eos and not sp.ignore_eos:
+        return TokenEvent(row, None, tracker.flush(), finish_reason="stop")
+    text = tracker.push(tok)
+    return TokenEvent(row, tok, text, lp, top, "stop" if tracker.stopped else None)
+
+
+# ----------------------------------------------------------------------------- convenience API
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    batch_size: int = 8,
+) -> list[Completion]:
+    """Complete each prompt (token ids), `batch_size` prompts per forward pass."""
+    results: list[Completion] = []
+    per_row = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        rows = per_row[start : start + batch_size]
+        results.extend(_run_batch(lm, chunk, rows))
+    return results
+
+
+def _run_batch(lm: LoadedModel, prompts: Sequence[Sequence[int]], rows: list[SamplingParams]) -> list[Completion]:
+    done = [Completion("", [], "length", len(p), 0) for p in prompts]
+    for events in generate_events(lm, prompts, rows):
+        for ev in events:
+            c = done[ev.row]
+            c.text += ev.text
+            if ev.token_id is not None:
+                c.token_ids.append(ev.token_id)
+                c.completion_tokens += 1
+                if ev.logprob is not None:
+                    c.logprobs.append(ev.logprob)
+                    c.top_logprobs.append(ev.top_logprobs or {})
+            if ev.finish_reason is not None:
+                c.finish_reason = ev.finish_reason
+    return done
+
+
+def generate_chat(lm: LoadedModel, conversations: Sequence[list[dict[str, Any]]], params: SamplingParams = SamplingParams(), batch_size: int = 8) -> list[Completion]:
+    """Answer each conversation (OpenAI-style message dicts), batched."""
+    return generate(lm, [lm.chat_prompt(c) for c in conversations], params, batch_size)
+
+
+def stream(
+    lm: LoadedModel,
+    prompt: Sequence[int],
+    params: SamplingParams = SamplingParams(),
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """Text deltas for one prompt as they are generated (stops early when `cancel` is set)."""
+    check = (lambda _row: cancel.is_set()) if cancel is not None else None
+    for events in generate_events(lm, [prompt], params, check):
+        for ev in events:
+            if ev.text:
+                yield ev.text
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class PromptLogprobs:
+    """Per prompt token: its log-prob given the tokens before it (None for the first)."""
+
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[dict[int, float] | None]
+
+
+def prompt_logprobs(lm: LoadedModel, ids: Sequence[int], top: int = 1) -> PromptLogprobs:
+    """One forward pass: log-softmax of the logits at t-1 read at token t (what eval harnesses score)."""
+    if not ids:
+        raise GenerationError("empty prompt")
+    check_budget(lm, len(ids), 0)
+    tokens = torch.tensor([list(ids)], dtype=torch.long, device=lm.device)
+    with lm.activate() as module, torch.inference_mode():
+        logits = module(input_ids=tokens).logits[0].float()  # (T, V)
+    logp = torch.log_softmax(logits[:-1], dim=-1)  # (T-1, V): predicts tokens 1..T-1
+    target = tokens[0, 1:]
+    chosen = logp.gather(1, target[:, None])[:, 0].tolist()
+    tops: list[dict[int, float] | None] = [None]
+    if top > 0:
+        values, indices = torch.topk(logp, top, dim=-1)
+        for v_row, i_row in zip(values.tolist(), indices.tolist()):
+            tops.append(dict(zip(i_row, v_row)))
+    else:
+        tops.extend({} for _ in chosen)
+    return PromptLogprobs(list(ids), [None, *chosen], tops)
+
+
+def token_strings_and_offsets(tokenizer: Any, ids: Sequence[int], start: int = 0) -> tuple[list[str], list[int]]:
+    """Each token's text and its character offset in the decoded text (OpenAI `text_offset`)."""
+    pieces = [tokenizer.decode([t]) for t in ids]
+    whole = tokenizer.decode(list(ids))
+    offsets: list[int] = []
+    if "".join(pieces) == whole:
+        pos = start
+        for p in pieces:
+            offsets.append(pos)
+            pos += len(p)
+    else:  # a character split across tokens: measure each prefix instead
+        offsets = [start + len(tokenizer.decode(list(ids[:i]))) for i in range(len(ids))]
+    return pieces, offsets
