@@ -23,8 +23,10 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tunecraft import paths
+from tunecraft.errors import ModelNotFoundError
 
 COMPLETE_MARKER = ".tunecraft-complete.json"
+GGUF_MAGIC = b"GGUF"  # every GGUF file starts with these 4 bytes
 
 
 def cache_key(gguf: Path, name: str | None = None) -> str:
@@ -37,6 +39,17 @@ def cache_key(gguf: Path, name: str | None = None) -> str:
 def is_complete(directory: Path) -> bool:
     """True once a conversion was renamed into place (the marker is written before the rename)."""
     return (directory / COMPLETE_MARKER).is_file() and (directory / "config.json").is_file()
+
+
+def check_gguf(gguf: Path) -> None:
+    """Refuse a file that is not GGUF before taking locks or importing transformers."""
+    with open(gguf, "rb") as fh:
+        magic = fh.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ModelNotFoundError(
+            f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes). "
+            "Pass a .gguf model file, a Hugging Face model directory, or a known model name."
+        )
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -99,6 +112,7 @@ def convert_gguf(
     `on_status` receives one-line progress messages (default: printed to stderr).
     """
     report = on_status or _print_status
+    check_gguf(gguf)
     root = paths.models_dir()
     key = cache_key(gguf, name)
     final = root / key
@@ -138,7 +152,14 @@ def _convert_locked(
         _fsync_tree(tmp)
         os.replace(tmp, final)
         _fsync_dir(root)  # make the rename itself durable
-    except BaseException:
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelNotFoundError(
+            f"{gguf}: could not convert it to a Hugging Face model ({type(exc).__name__}: {exc}). "
+            "transformers reads GGUF files of the architectures it supports (Llama, Mistral, "
+            "Qwen2, ...); otherwise pass a Hugging Face directory with safetensors weights."
+        ) from exc
+    except BaseException:  # Ctrl-C: leave no half-written directory behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report(f"converted in {time.perf_counter() - start:.0f} s: {final}")
