@@ -1,0 +1,261 @@
+"""Duplicates within a file and train/validation leakage (exact and near-duplicate pairs).
+
+Exact copies are found by comparing the examples' text. Near-duplicates: each example becomes the
+set of words of its normalized text (Unicode NFKC, case-folded, punctuation removed) and pairs
+whose Jaccard similarity reaches `NEAR_THRESHOLD` are reported. Candidates come from MinHash
+signatures with locality-sensitive hashing (numpy, vectorized: 10k x 3k examples take about a
+second on one core); every candidate is then verified with the exact Jaccard similarity, so no
+pair below the threshold is ever reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from tunecraft.data.schema import Example, Issue
+
+# Jaccard similarity of word sets at or above which two examples count as near-duplicates.
+# 0.8 catches a changed word in any example of 9+ distinct words ((n-1)/(n+1) >= 0.8), and any
+# change of casing, punctuation or spacing (identical after normalization, similarity 1.0), while
+# different examples on the same topic stay far below it (typically 0.1-0.5).
+NEAR_THRESHOLD = 0.8
+# LSH banding: a pair with similarity J becomes a candidate with probability 1 - (1 - J^6)^24:
+# > 0.999 at J = 0.8 and 0.99 at J = 0.75, but 0.0015 at J = 0.2 (so few pairs need checking).
+BANDS, ROWS = 24, 6
+# Candidates whose signature agreement (an estimate of J, std ~0.035 at 144 hashes) is this far
+# below the threshold are dropped before the exact check: a > 4 sigma margin, it loses nothing.
+ESTIMATE_MARGIN = 0.15
+SEED = 20240611  # fixed: the same data must give the same report on every run
+# Prompts shorter than this (in distinct words) are not compared alone: "hi" or "thanks" repeat
+# across any chat dataset without being a leak.
+MIN_PROMPT_WORDS = 5
+MAX_LISTED = 5  # other lines named in one message; the rest are counted
+_WORD = re.compile(r"\w+")
+
+MatchKind = Literal["exact", "near", "prompt"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """Example at `line` repeats the one at `other_line` (earlier in the file, or in train)."""
+
+    line: int
+    other_line: int
+    kind: MatchKind  # exact: same content; near: similar content; prompt: similar prompt only
+    similarity: float  # Jaccard similarity of the normalized word sets (1.0 for exact)
+
+
+def normalize(text: str) -> str:
+    """Casing, punctuation, spacing and Unicode variants removed: what a reader sees as 'same'."""
+    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
+
+
+def content_text(example: Example) -> str:
+    """What makes the example itself; a system prompt shared by every chat is left out."""
+    if example.format == "chat":
+        return "\n".join(m.content for m in example.messages if m.role != "system")
+    return example.key_text()
+
+
+def prompt_only(example: Example) -> str:
+    """The input side, without system prompts (empty for raw text, whose 'prompt' is itself)."""
+    if example.format == "chat":
+        return "\n".join(m.content for m in example.messages if m.role == "user")
+    if example.format == "text":
+        return ""
+    return example.prompt_text()
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(normalize(text).split())
+
+
+def _word_ids(sets: Sequence[frozenset[str]]) -> tuple[np.ndarray, list[str]]:
+    """All words of all sets as ids into a vocabulary, concatenated set after set."""
+    vocab: dict[str, int] = {}
+    ids = np.fromiter(
+        (vocab.setdefault(word, len(vocab)) for s in sets for word in s),
+        dtype=np.int64,
+        count=sum(len(s) for s in sets),
+    )
+    return ids, list(vocab)
+
+
+def _stable_hashes(words: list[str]) -> np.ndarray:
+    """32-bit hashes that do not change between runs (Python's hash() is salted per process)."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=4).digest(), "little")
+         for w in words),
+        dtype=np.uint64,
+        count=len(words),
+    )
+
+
+def minhash(sets: Sequence[frozenset[str]]) -> np.ndarray:
+    """(N, BANDS * ROWS) uint32 MinHash signatures of non-empty sets."""
+    rng = np.random.default_rng(SEED)
+    k = BANDS * ROWS
+    # Multiply-shift hashing: (a * x + b) mod 2^64, top 32 bits; numpy uint64 arithmetic wraps.
+    a = rng.integers(1, 2**63, size=(k, 1), dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 2**63, size=(k, 1), dtype=np.uint64)
+    ids, vocab = _word_ids(sets)
+    # Hash each distinct word once: (k, V), then gather per occurrence and take per-set minima.
+    table = ((_stable_hashes(vocab)[None, :] * a + b) >> np.uint64(32)).astype(np.uint32)
+    starts = np.cumsum([0] + [len(s) for s in sets[:-1]]).astype(np.int64)
+    sig = np.empty((k, len(sets)), dtype=np.uint32)
+    for c in range(0, k, 16):  # 16 hash functions at a time bounds memory to (16, words)
+        sig[c : c + 16] = np.minimum.reduceat(table[c : c + 16, ids], starts, axis=1)
+    return np.ascontiguousarray(sig.T)
+
+
+def _band_keys(sig: np.ndarray, band: int) -> np.ndarray:
+    """One uint64 per row for a band (a random linear mix; a rare false collision only adds a
+    candidate, which the exact check then rejects)."""
+    rows = sig[:, band * ROWS : (band + 1) * ROWS].astype(np.uint64)
+    mix = np.random.default_rng(SEED + band).integers(1, 2**63, size=ROWS, dtype=np.uint64)
+    return (rows * mix).sum(axis=1, dtype=np.uint64)
+
+
+def _band_pairs(left_keys: np.ndarray, right_keys: np.ndarray) -> np.ndarray:
+    """Codes i * len(right) + j of all (i, j) with equal keys, by sorting (no Python loop)."""
+    order = np.argsort(left_keys, kind="stable")
+    sorted_keys = left_keys[order]
+    lo = np.searchsorted(sorted_keys, right_keys, "left")
+    counts = np.searchsorted(sorted_keys, right_keys, "right") - lo
+    j = np.repeat(np.arange(len(right_keys), dtype=np.int64), counts)
+    offset = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    i = order[np.arange(counts.sum(), dtype=np.int64) + offset]
+    return i.astype(np.int64) * len(right_keys) + j
+
+
+def _candidates(left_sig: np.ndarray, right_sig: np.ndarray, threshold: float) -> np.ndarray:
+    """(M, 2) index pairs that share a band and whose signatures agree enough."""
+    codes = np.empty(0, dtype=np.int64)
+    for band in range(BANDS):
+        new = _band_pairs(_band_keys(left_sig, band), _band_keys(right_sig, band))
+        codes = np.union1d(codes, new)
+    pairs = np.stack([codes // len(right_sig), codes % len(right_sig)], axis=1)
+    keep = [
+        (left_sig[chunk[:, 0]] == right_sig[chunk[:, 1]]).mean(axis=1) >= threshold - ESTIMATE_MARGIN
+        for chunk in np.array_split(pairs, max(1, len(pairs) // 100_000))
+    ]
+    return pairs[np.concatenate(keep)] if keep else pairs
+
+
+def similar_pairs(
+    left: Sequence[frozenset[str]], right: Sequence[frozenset[str]], threshold: float
+) -> list[tuple[int, int, float]]:
+    """(i, j, jaccard) for left[i], right[j] with Jaccard >= threshold (empty sets never match)."""
+    left_idx = [i for i, s in enumerate(left) if s]
+    right_idx = [j for j, s in enumerate(right) if s]
+    if not left_idx or not right_idx:
+        return []
+    sig = minhash([left[i] for i in left_idx] + [right[j] for j in right_idx])
+    pairs: list[tuple[int, int, float]] = []
+    for a, b in _candidates(sig[: len(left_idx)], sig[len(left_idx) :], threshold).tolist():
+        x, y = left[left_idx[a]], right[right_idx[b]]
+        common = len(x & y)
+        score = common / (len(x) + len(y) - common)
+        if score >= threshold:
+            pairs.append((left_idx[a], right_idx[b], score))
+    return sorted(pairs)
+
+
+def find_duplicates(examples: Sequence[Example]) -> list[Match]:
+    """Exact duplicates within one file: each later copy points at the first one."""
+    first: dict[str, int] = {}
+    matches: list[Match] = []
+    for ex in examples:
+        key = ex.key_text()
+        if key in first:
+            matches.append(Match(ex.line, first[key], "exact", 1.0))
+        else:
+            first[key] = ex.line
+    return matches
+
+
+def find_leaks(
+    train: Sequence[Example], val: Sequence[Example], threshold: float = NEAR_THRESHOLD
+) -> list[Match]:
+    """Validation examples that repeat a training example: exactly, nearly, or by prompt alone."""
+    train_keys: dict[str, list[int]] = defaultdict(list)
+    for ex in train:
+        train_keys[ex.key_text()].append(ex.line)
+    found: dict[tuple[int, int], Match] = {}
+    for ex in val:
+        for line in train_keys.get(ex.key_text(), ()):
+            found[(ex.line, line)] = Match(ex.line, line, "exact", 1.0)
+    content = similar_pairs(
+        [word_set(content_text(e)) for e in train], [word_set(content_text(e)) for e in val], threshold
+    )
+    prompts = similar_pairs(_prompt_sets(train), _prompt_sets(val), threshold)
+    for kind, pairs in (("near", content), ("prompt", prompts)):
+        for i, j, score in pairs:
+            key = (val[j].line, train[i].line)
+            if key not in found:  # the strongest kind found first wins
+                found[key] = Match(val[j].line, train[i].line, kind, score)  # type: ignore[arg-type]
+    return sorted(found.values(), key=lambda m: (m.line, m.other_line))
+
+
+def _prompt_sets(examples: Sequence[Example]) -> list[frozenset[str]]:
+    sets = [word_set(prompt_only(e)) for e in examples]
+    return [s if len(s) >= MIN_PROMPT_WORDS else frozenset() for s in sets]
+
+
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:MAX_LISTED])
+    return shown + (f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
+
+
+def duplicate_issues(matches: Sequence[Match], path: str) -> list[Issue]:
+    return [
+        Issue(path, m.line, "duplicate", f"exact duplicate of line {m.other_line}; duplicates make "
+              "the model over-weight an example: remove the copy", "warning")
+        for m in matches
+    ]
+
+
+LEAK_TEXT = {
+    "exact": ("leak_exact", "identical to"),
+    "near": ("leak_near", "near-duplicate of"),
+    "prompt": ("leak_near", "has (nearly) the same prompt as"),
+}
+
+
+def leak_issues(matches: Sequence[Match], val_path: str, train_path: str) -> list[Issue]:
+    """One warning per (validation line, kind), naming every training line it repeats."""
+    grouped: dict[tuple[int, MatchKind], list[Match]] = defaultdict(list)
+    for m in matches:
+        grouped[(m.line, m.kind)].append(m)
+    issues = []
+    for (line, kind), group in sorted(grouped.items()):
+        verb = LEAK_TEXT[kind][1]
+        train_lines = [m.other_line for m in group]
+        where = f"{train_path}:{train_lines[0]}"
+        also = f" (also lines {_lines(train_lines[1:])})" if len(train_lines) > 1 else ""
+        issues.append(_leak_issue(val_path, line, kind, f"{verb} training example {where}{also}",
+                                  max(m.similarity for m in group)))
+    return issues
+
+
+def _leak_issue(path: str, line: int, kind: MatchKind, what: str, similarity: float) -> Issue:
+    code = LEAK_TEXT[kind][0]
+    if kind == "exact":
+        detail = ""
+    elif kind == "prompt":
+        detail = f" (prompt word similarity {similarity:.2f}; the answers differ)"
+    elif similarity >= 1.0:
+        detail = " (the same words; only case, punctuation or word order differ)"
+    else:
+        detail = f" (word similarity {similarity:.2f})"
+    return Issue(path, line, code, f"{what}{detail}; validation examples seen in training make "
+                 "the validation loss look better than it is: remove it from one of the files",
+                 "warning")

@@ -1,0 +1,381 @@
+"""Dataset formats: detect each record's format and parse it into an `Example`, collecting issues.
+
+JSONL files hold one object per line in one of four formats (chat `messages`, `prompt` +
+`completion`, `instruction` + optional `input` + `output`, raw `text`); CSV files have a header
+with `prompt,completion` or `text` columns. Every problem becomes an `Issue` naming the line, the
+bad value and the fix, so `data check` can list all of them at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunecraft.data.reader import Line, ReadResult, read_lines
+from tunecraft.data.schema import ROLES, Example, Format, Issue, Message
+
+# Keys that identify a format, checked in this order: a record with `messages` is a chat even if
+# it also carries `text` (datasets often keep a rendered copy next to the structured fields).
+FORMAT_KEYS: dict[Format, tuple[str, ...]] = {
+    "chat": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "instruction": ("instruction", "input", "output"),
+    "text": ("text",),
+}
+FORMAT_HELP = (
+    '{"messages": [{"role": ..., "content": ...}]} (chat), {"prompt", "completion"}, '
+    '{"instruction", "input" (optional), "output"} or {"text"}'
+)
+# Keys of other common layouts, so the message can say how to convert.
+FOREIGN_KEYS = {
+    "conversations": 'ShareGPT layout: convert to "messages" with "role" and "content"',
+    "question": 'rename "question"/"answer" to "prompt"/"completion"',
+    "query": 'rename "query"/"response" to "prompt"/"completion"',
+    "content": 'rename "content" to "text" for raw text',
+}
+ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+              "ai": "assistant", "chatbot": "assistant", "developer": "system"}
+CSV_COLUMNS: dict[Format, tuple[str, ...]] = {"prompt_completion": ("prompt", "completion"),
+                                              "text": ("text",)}
+
+
+@dataclass
+class Record:
+    """One parsed line: its detected format (None: unknown), the example if valid, its issues."""
+
+    line: int
+    format: Format | None
+    example: Example | None
+    issues: list[Issue] = field(default_factory=list)
+
+
+@dataclass
+class ParsedFile:
+    path: Path
+    format: Format | None  # the file's format (the most common one among its records)
+    examples: list[Example]
+    issues: list[Issue]
+
+    @property
+    def n_errors(self) -> int:
+        return sum(1 for i in self.issues if i.severity == "error")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a Python value's type (what the user sees in their file)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"
+
+
+def detect_format(obj: dict[str, Any]) -> Format | None:
+    for fmt, keys in FORMAT_KEYS.items():
+        if any(key in obj for key in keys):
+            return fmt
+    return None
+
+
+class _Checker:
+    """Collects the issues of one record (keeps the per-field checks short)."""
+
+    def __init__(self, path: str, line: int) -> None:
+        self.path, self.line = path, line
+        self.issues: list[Issue] = []
+
+    def add(self, code: str, message: str, severity: str = "error") -> None:
+        self.issues.append(Issue(self.path, self.line, code, message, severity))  # type: ignore[arg-type]
+
+    @property
+    def ok(self) -> bool:
+        return not any(i.severity == "error" for i in self.issues)
+
+    def string(self, obj: dict[str, Any], key: str, fix: str, required: bool = True) -> str:
+        """The string at `obj[key]`; a missing, non-string or blank value becomes an issue."""
+        if key not in obj or (obj[key] is None and not required):
+            if required:
+                self.add("missing_field", f'missing "{key}"; {fix}')
+            return ""
+        value = obj[key]
+        if not isinstance(value, str):
+            self.add("non_string_content", f'"{key}" must be a string, got {json_type(value)}')
+            return ""
+        if required and not value.strip():
+            self.add("empty_field", f'"{key}" is empty; {fix}')
+        return value
+
+
+def _parse_prompt_completion(obj: dict[str, Any], c: _Checker) -> Example | None:
+    prompt = c.string(obj, "prompt", "write the input the model will see (no prompt? use the text format)")
+    completion = c.string(obj, "completion", "write the answer the model should learn")
+    if not c.ok:
+        return None
+    return Example("prompt_completion", c.path, c.line, prompt=prompt, completion=completion)
+
+
+def _parse_instruction(obj: dict[str, Any], c: _Checker) -> Example | None:
+    instruction = c.string(obj, "instruction", "write the task the model should do")
+    inp = c.string(obj, "input", "", required=False)  # optional context; may be empty or null
+    output = c.string(obj, "output", "write the answer the model should learn")
+    if not c.ok:
+        return None
+    return Example("instruction", c.path, c.line, instruction=instruction, input=inp, output=output)
+
+
+def _parse_text(obj: dict[str, Any], c: _Checker) -> Example | None:
+    text = c.string(obj, "text", "write the document text, or drop the row")
+    return Example("text", c.path, c.line, text=text) if c.ok else None
+
+
+def _check_role(msg: dict[str, Any], where: str, c: _Checker) -> str | None:
+    if "role" not in msg:
+        c.add("missing_field", f'{where} has no "role"; use one of {", ".join(ROLES)}')
+        return None
+    role = msg["role"]
+    if role in ROLES:
+        return role
+    hint = f"use one of {', '.join(ROLES)}"
+    if isinstance(role, str) and role.lower() in ROLE_HINTS:
+        hint = f'use "{ROLE_HINTS[role.lower()]}"'
+    elif role in ("tool", "function", "ipython"):
+        hint = "tool calls are not supported for training; drop these messages"
+    c.add("bad_role", f"{where}.role is {json.dumps(role)}; {hint}")
+    return None
+
+
+def _check_content(msg: dict[str, Any], where: str, c: _Checker) -> str | None:
+    if "content" not in msg:
+        c.add("missing_field", f'{where} has no "content"; add the message text')
+        return None
+    content = msg["content"]
+    if isinstance(content, list):
+        c.add("non_string_content", f"{where}.content is an array of parts; "
+              "join the text parts into one string (images and tool calls are not supported)")
+        return None
+    if not isinstance(content, str):
+        c.add("non_string_content", f"{where}.content must be a string, got {json_type(content)}")
+        return None
+    if not content.strip():
+        c.add("empty_field", f"{where}.content is empty; write the message text or drop the message")
+    return content
+
+
+def _check_weight(msg: dict[str, Any], role: str | None, where: str, c: _Checker) -> int:
+    if "weight" not in msg:
+        return 1
+    weight = msg["weight"]
+    if isinstance(weight, bool) or weight not in (0, 1):
+        c.add("invalid_weight", f"{where}.weight is {json.dumps(weight)}; use 0 (exclude the "
+              "message from the loss) or 1 (train on it)")
+        return 1
+    if role is not None and role != "assistant":
+        c.add("invalid_weight", f'{where} is a "{role}" message; only assistant messages take a '
+              "weight (the others never bear loss): remove it")
+    return int(weight)
+
+
+def _parse_message(msg: Any, where: str, c: _Checker) -> Message | None:
+    if not isinstance(msg, dict):
+        c.add("not_an_object", f'{where} is {json_type(msg)}; each message must be an object '
+              '{"role": ..., "content": ...}')
+        return None
+    role = _check_role(msg, where, c)
+    content = _check_content(msg, where, c)
+    weight = _check_weight(msg, role, where, c)
+    if role is None or content is None:
+        return None
+    return Message(role, content, weight)
+
+
+def _parse_chat(obj: dict[str, Any], c: _Checker) -> Example | None:
+    raw = obj["messages"]
+    if not isinstance(raw, list):
+        c.add("not_an_object", f'"messages" must be an array of {{"role", "content"}} objects, '
+              f"got {json_type(raw)}")
+        return None
+    if not raw:
+        c.add("empty_field", '"messages" is empty; add at least a user and an assistant message')
+        return None
+    messages = [_parse_message(m, f"messages[{i}]", c) for i, m in enumerate(raw)]
+    roles = [m["role"] for m in raw if isinstance(m, dict) and "role" in m]
+    if "assistant" not in roles:
+        c.add("no_assistant", "the conversation has no assistant message; add the reply the "
+              "model should learn")
+    if not c.ok:
+        return None
+    valid = tuple(m for m in messages if m is not None)
+    if all(m.weight == 0 for m in valid if m.role == "assistant"):
+        c.add("no_loss", 'every assistant message has "weight": 0, so this example teaches '
+              "nothing; set weight 1 on the replies to learn", "warning")
+    return Example("chat", c.path, c.line, messages=valid)
+
+
+PARSERS = {"chat": _parse_chat, "prompt_completion": _parse_prompt_completion,
+           "instruction": _parse_instruction, "text": _parse_text}
+
+
+def _unknown_format(obj: dict[str, Any], c: _Checker) -> None:
+    keys = ", ".join(json.dumps(k) for k in obj) or "none"
+    hints = [hint for key, hint in FOREIGN_KEYS.items() if key in obj]
+    hint = f" ({hints[0]})" if hints else ""
+    c.add("unknown_format", f"no recognized keys (found: {keys}){hint}; use {FORMAT_HELP}")
+
+
+def parse_record(obj: Any, path: str, line: int) -> Record:
+    """One decoded JSON value -> its format, the `Example` (when valid) and its issues."""
+    c = _Checker(path, line)
+    if not isinstance(obj, dict):
+        c.add("not_an_object", f"the line is {json_type(obj)}, not an object; each line must be "
+              f"one JSON object: {FORMAT_HELP}")
+        return Record(line, None, None, c.issues)
+    fmt = detect_format(obj)
+    if fmt is None:
+        _unknown_format(obj, c)
+        return Record(line, None, None, c.issues)
+    return Record(line, fmt, PARSERS[fmt](obj, c), c.issues)
+
+
+def _whole_file_json(lines: list[Line], path: str) -> Issue | None:
+    """A pretty-printed JSON document instead of JSON Lines: one clear issue, not one per line."""
+    try:
+        value = json.loads("\n".join(line.text for line in lines))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, (list, dict)):
+        return None
+    shape = "one JSON array" if isinstance(value, list) else "one JSON object over many lines"
+    return Issue(path, lines[0].number, "not_jsonl", f"the file is {shape}; write one object per "
+                 "line (JSON Lines), e.g. with: jq -c '.[]' FILE > FILE.jsonl")
+
+
+def _parse_json_line(line: Line, path: str) -> Record:
+    try:
+        obj = json.loads(line.text)
+    except json.JSONDecodeError as exc:
+        msg = f"{exc.msg} at column {exc.colno}; each line must be one complete JSON object"
+        return Record(line.number, None, None, [Issue(path, line.number, "invalid_json", msg)])
+    except RecursionError:
+        msg = "nested too deeply to parse; each line must be one JSON object"
+        return Record(line.number, None, None, [Issue(path, line.number, "invalid_json", msg)])
+    return parse_record(obj, path, line.number)
+
+
+def jsonl_records(read: ReadResult, path: str) -> tuple[list[Record], list[Issue]]:
+    """Records of a JSONL file (blank lines skipped) plus file-level issues."""
+    lines = [line for line in read.lines if line.valid and line.text.strip()]
+    if len(lines) > 1 and lines[0].text.lstrip().startswith(("[", "{")):
+        # Only when the first line is not JSON by itself: then it may open a pretty-printed file.
+        whole = None if _parses(lines[0].text) else _whole_file_json(lines, path)
+        if whole is not None:
+            return [], [whole]
+    return [_parse_json_line(line, path) for line in lines], []
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _csv_format(header: list[str], path: str, line: int) -> tuple[Format | None, list[Issue]]:
+    names = {name.strip().lower() for name in header}
+    for fmt, columns in CSV_COLUMNS.items():
+        if names.issuperset(columns):
+            return fmt, []
+    found = ",".join(header) or "(none)"
+    return None, [Issue(path, line, "csv_columns", f"the header is {found!r}; a CSV needs a "
+                        "header row naming the columns prompt,completion or text")]
+
+
+def csv_records(read: ReadResult, path: str) -> tuple[list[Record], list[Issue]]:
+    """Records of a CSV file: the header names the format; each row cites its first line."""
+    # Whole documents in a `text` column easily pass csv's default 128 KiB field limit.
+    csv.field_size_limit(2**31 - 1)
+    bad = {line.number for line in read.lines if not line.valid}
+    reader = csv.reader((line.text + "\n" for line in read.lines), strict=True)
+    header: list[str] | None = None
+    fmt: Format | None = None
+    records: list[Record] = []
+    issues: list[Issue] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            issues.append(Issue(path, start, "invalid_csv", f"{exc}; quote fields that contain "
+                                'commas, quotes or newlines ("a ""quoted"" word")'))
+            continue
+        if not row or bad.intersection(range(start, reader.line_num + 1)):
+            continue  # blank row, or a row whose bytes were already reported as invalid UTF-8
+        if header is None:
+            header = [name.strip().lower() for name in row]
+            fmt, header_issues = _csv_format(row, path, start)
+            issues.extend(header_issues)
+            if fmt is None:
+                return [], issues
+            continue
+        records.append(_csv_row(row, header, fmt, path, start))
+    if header is not None and not records and not issues:
+        issues.append(Issue(path, 0, "empty_file", "the CSV has a header but no rows; add one "
+                            "example per row"))
+    return records, issues
+
+
+def _csv_row(row: list[str], header: list[str], fmt: Format, path: str, line: int) -> Record:
+    if len(row) != len(header):
+        msg = (f"the row has {len(row)} field(s) but the header has {len(header)}; quote "
+               "fields that contain commas")
+        return Record(line, fmt, None, [Issue(path, line, "csv_fields", msg)])
+    c = _Checker(path, line)
+    return Record(line, fmt, PARSERS[fmt](dict(zip(header, row)), c), c.issues)
+
+
+def _file_format(records: list[Record]) -> Format | None:
+    """The most common format (ties: the earliest); lines of another format are the mistakes."""
+    counts = Counter(r.format for r in records if r.format is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(r.format for r in records if r.format is not None and counts[r.format] == top)
+
+
+def _mixed_format_issues(records: list[Record], fmt: Format, path: str) -> list[Issue]:
+    first = next(r.line for r in records if r.format == fmt)
+    return [
+        Issue(path, r.line, "mixed_formats", f"this line is {r.format} but the file is {fmt} "
+              f"(like line {first}); use one format per file")
+        for r in records
+        if r.format is not None and r.format != fmt
+    ]
+
+
+def parse_file(path: Path) -> ParsedFile:
+    """Read and validate one data file (`.csv` is CSV, anything else JSON Lines)."""
+    read = read_lines(path)
+    name = str(path)
+    parse = csv_records if path.suffix.lower() == ".csv" else jsonl_records
+    records, file_issues = parse(read, name) if read.lines else ([], [])
+    fmt = _file_format(records)
+    issues = read.issues + file_issues + [i for r in records for i in r.issues]
+    if fmt is not None:
+        issues += _mixed_format_issues(records, fmt, name)
+    if not issues and not records:
+        issues.append(Issue(name, 0, "empty_file", "the file has no examples; add one per line"))
+    examples = [r.example for r in records if r.example is not None and r.format == fmt]
+    issues.sort(key=lambda i: i.line)  # stable: per-line issues keep their order
+    return ParsedFile(path, fmt, examples, issues)

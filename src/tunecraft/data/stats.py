@@ -1,0 +1,143 @@
+"""Token statistics of a dataset, measured exactly as training tokenizes it.
+
+Each example goes through `render.tokenize_example` (the model's tokenizer and chat template,
+the same loss mask as training), so the counts here are the counts training will see.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+
+from tunecraft.data.render import IGNORE, TemplateMode, tokenize_example
+from tunecraft.data.schema import Example, Issue
+from tunecraft.errors import DataError
+
+DEFAULT_MAX_LENGTH = 2048  # when neither the tokenizer nor the model config states a context
+# Tokenizers without a limit report a huge sentinel (int(1e30)); anything above this is "unset".
+UNSET_LENGTH = 1_000_000
+MAX_LISTED = 10  # line numbers named in one message
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    examples: int
+    tokens: int  # tokens training sees (after truncation to max_length)
+    loss_tokens: int  # loss-bearing tokens training sees
+    p50: int  # length percentiles of the full (untruncated) examples, in tokens
+    p90: int
+    p99: int
+    max: int
+    max_length: int
+    too_long: int  # examples longer than max_length
+    tokens_cut: int  # tokens removed by truncation, over all examples
+    too_long_lines: list[int] = field(default_factory=list)
+    no_loss_lines: list[int] = field(default_factory=list)  # no loss-bearing token left
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: Sequence[int], p: float) -> int:
+    """Nearest-rank percentile (an actual example length, never an interpolation)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def _config_context(model_dir: Path | None) -> int | None:
+    if model_dir is None or not (model_dir / "config.json").is_file():
+        return None
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def default_max_length(tokenizer: Any, model_dir: Path | None = None) -> int:
+    """The model's context length: the tokenizer's limit capped at the model's positions."""
+    limits = [_config_context(model_dir)]
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < UNSET_LENGTH:
+        limits.append(tok_limit)
+    known = [x for x in limits if x is not None]
+    return min(known) if known else DEFAULT_MAX_LENGTH
+
+
+def token_stats(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_length: int,
+    mode: TemplateMode = "auto",
+    system_prompt: str | None = None,
+) -> tuple[TokenStats, list[Issue]]:
+    """Statistics of `examples`; examples the template cannot render become `template_error`s."""
+    lengths: list[int] = []
+    tokens = loss = cut = 0
+    too_long: list[int] = []
+    no_loss: list[int] = []
+    issues: list[Issue] = []
+    for ex in examples:
+        try:
+            tok = tokenize_example(ex, tokenizer, None, mode, system_prompt)
+        except (DataError, TemplateError) as exc:
+            issues.append(Issue(ex.path, ex.line, "template_error", f"the model's chat template "
+                                f"cannot render this example: {_reason(exc)}"))
+            continue
+        kept = tok.labels[:max_length]
+        n_loss = sum(1 for t in kept if t != IGNORE)
+        lengths.append(tok.n_tokens)
+        tokens += min(tok.n_tokens, max_length)
+        loss += n_loss
+        if tok.n_tokens > max_length:
+            too_long.append(ex.line)
+            cut += tok.n_tokens - max_length
+        if n_loss == 0 and tok.n_loss > 0:  # all-weight-0 chats are reported when parsed
+            no_loss.append(ex.line)
+    lengths.sort()
+    stats = TokenStats(
+        examples=len(lengths), tokens=tokens, loss_tokens=loss,
+        p50=percentile(lengths, 50), p90=percentile(lengths, 90), p99=percentile(lengths, 99),
+        max=lengths[-1] if lengths else 0, max_length=max_length,
+        too_long=len(too_long), tokens_cut=cut, too_long_lines=too_long, no_loss_lines=no_loss,
+    )
+    return stats, issues
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    # render.py's DataError starts with "PATH:LINE: "; the issue already says where.
+    return text.split(": ", 1)[1] if isinstance(exc, DataError) and ": " in text else text
+
+
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:MAX_LISTED])
+    return shown + (f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
+
+
+def length_issues(stats: TokenStats, path: str) -> list[Issue]:
+    """Warnings about truncation: how many examples, how many tokens, which lines."""
+    issues = []
+    if stats.too_long:
+        issues.append(Issue(
+            path, 0, "too_long",
+            f"{stats.too_long} of {stats.examples} examples are longer than max length "
+            f"{stats.max_length} tokens (longest: {stats.max}); truncation would cut "
+            f"{stats.tokens_cut} tokens (lines {_lines(stats.too_long_lines)}). Raise "
+            "--max-length, or shorten or split these examples", "warning",
+        ))
+    if stats.no_loss_lines:
+        issues.append(Issue(
+            path, 0, "no_loss_after_truncation",
+            f"{len(stats.no_loss_lines)} examples keep no loss-bearing token within "
+            f"{stats.max_length} tokens, so they teach nothing (lines "
+            f"{_lines(stats.no_loss_lines)}); shorten their prompts or raise --max-length",
+            "warning",
+        ))
+    return issues
