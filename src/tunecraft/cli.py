@@ -82,6 +82,52 @@ def data_show(
     show_examples(data, model=model, n=n, max_length=max_length, console=console)
 
 
+@app.command()
+def serve(
+    targets: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Run directories or models to serve (default: the embedded default model).", show_default=False),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Bind address; anything but loopback needs --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option("--api-key", envvar="TUNECRAFT_API_KEY", help="Require Authorization: Bearer KEY on every route but /health."),
+    ] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Waiting requests before answering 429.")] = 64,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Requests decoded together in one batch.")] = 8,
+) -> None:
+    """Serve run directories or models over an OpenAI-compatible HTTP API."""
+    from tunecraft.config import DEFAULT_MODEL
+    from tunecraft.serve.app import ServeSettings
+    from tunecraft.serve.server import serve as run_server
+
+    settings = ServeSettings(max_queue=max_queue, max_batch=max_batch)
+    run_server(targets or [DEFAULT_MODEL], host, port, api_key, settings, on_status=err_console.print)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `tunecraft train`.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="adapter, merged or gguf.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (written only if every check passes).")],
+    dtype: Annotated[
+        Optional[str], typer.Option("--dtype", help="merged: float32, bfloat16 or float16 (default: float32).")
+    ] = None,
+    gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf: f16, q8_0 or f32.")] = "f16",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
+) -> None:
+    """Export a run as a PEFT adapter, a merged HF model, or a GGUF file; verified before success."""
+    from tunecraft.export import export_run
+
+    result = export_run(
+        run_dir, fmt, out, dtype=dtype, gguf_type=gguf_type, overwrite=overwrite, on_status=err_console.print
+    )
+    for check in result.checks:
+        console.print(f"  [green]ok[/] {check}", highlight=False)
+    console.print(f"exported {result.format} to {result.path}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: user errors print one clear message, never a stack trace."""
     try:

@@ -1,0 +1,70 @@
+"""`tunecraft serve`: load the targets, check the bind address, and run uvicorn.
+
+Binding anything but loopback exposes the model to the network, so it needs an API key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+from tunecraft.errors import TunecraftError
+from tunecraft.serve.app import ServeSettings, create_app
+from tunecraft.serve.engine import LoadedModel, ModelCache, load_target
+
+
+class ServeError(TunecraftError):
+    """A server that must not start as asked (e.g. a public address without a key)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: we cannot know where it resolves, so treat it as public
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse a non-loopback address without an API key."""
+    if not is_loopback(host) and not api_key:
+        raise ServeError(
+            f"refusing to listen on {host} without an API key: anyone who can reach this machine "
+            "could use the model. Pass --api-key KEY (clients send Authorization: Bearer KEY), "
+            "or keep the default --host 127.0.0.1."
+        )
+
+
+def load_targets(targets: Sequence[str], on_status: Callable[[str], None] | None = None) -> dict[str, LoadedModel]:
+    """Load every target once; LoRA runs over the same base share that base's weights."""
+    cache = ModelCache()
+    models: dict[str, LoadedModel] = {}
+    for target in targets:
+        if on_status:
+            on_status(f"loading {target}")
+        lm = load_target(target, cache=cache)
+        if lm.name in models:
+            raise ServeError(f"two targets are both named {lm.name!r}; serve them from differently named directories")
+        models[lm.name] = lm
+    return models
+
+
+def serve(
+    targets: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    settings: ServeSettings | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> None:
+    """Run the OpenAI-compatible server until interrupted."""
+    import uvicorn
+
+    check_bind(host, api_key)
+    models = load_targets(targets, on_status)
+    base = settings or ServeSettings()
+    app = create_app(models, ServeSettings(**{**base.__dict__, "api_key": api_key or base.api_key}))
+    if on_status:
+        on_status(f"serving {', '.join(models)} at http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="info")
