@@ -228,8 +228,8 @@ PARSERS = {"chat": _parse_chat, "prompt_completion": _parse_prompt_completion,
 def _unknown_format(obj: dict[str, Any], c: _Checker) -> None:
     keys = ", ".join(json.dumps(k) for k in obj) or "none"
     hints = [hint for key, hint in FOREIGN_KEYS.items() if key in obj]
-    hint = f" ({hints[0]})" if hints else ""
-    c.add("unknown_format", f"no recognized keys (found: {keys}){hint}; use {FORMAT_HELP}")
+    fix = f"{hints[0]}; the formats are" if hints else "use"
+    c.add("unknown_format", f"no recognized keys (found: {keys}); {fix} {FORMAT_HELP}")
 
 
 def parse_record(obj: Any, path: str, line: int) -> Record:
