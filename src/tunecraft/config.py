@@ -7,6 +7,8 @@ fills them from the data and the machine and says why.
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,37 +102,77 @@ class RunConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
-def _format_validation_error(err: ValidationError) -> str:
+# A number as people type it (1e-4, -3, .5, 2.0E+3); YAML 1.1 reads the exponent forms as
+# strings. Words like "inf" or "nan" stay strings: they are more likely names than numbers.
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config section at `loc` (for "did you mean" hints)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format_validation_error(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"
-        got = e.get("input")
-        lines.append(f"{where}: {e['msg']} (got {got!r})")
-    return "\n".join(lines)
+        line = f"{where}: {e['msg']} (got {e.get('input')!r})"
+        if e["type"] == "extra_forbidden":
+            fields = _known_fields(e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
+            line += f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+        lines.append(line)
+    return lines
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`train.lr=1e-4` -> (["train", "lr"], 0.0001). Values are parsed as YAML scalars."""
+    """`train.lr=1e-4` -> (["train", "lr"], 0.0001); the value is read by `_parse_value`."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
     key, raw = item.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {item!r}: empty key")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    return path, _parse_value(raw)
+
+
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _parse_value(raw: str) -> Any:
+    """A YAML scalar or list (`1e-4`, `true`, `null`, `[q_proj, v_proj]`), else the text itself.
+
+    Free text stays text: YAML would turn `Answer: briefly` into a mapping, `#1 tip` into
+    null (a comment), and `[oops` into a parse error.
+    """
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, dict) or (value is None and text not in _NULLS):
+        return text
     # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers people type should be numbers.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    return path, value
+    if isinstance(value, str) and _NUMBER.match(value):
+        return float(value)
+    return value
 
 
 def _set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node = tree
     for part in path[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section (`train:` in YAML)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
     node[path[-1]] = value
@@ -145,28 +187,42 @@ def build_config(
 
     Every problem is reported at once in one ConfigError.
     """
-    tree: dict[str, Any] = {}
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train:, ...)")
-        tree = loaded
-    for key, value in (values or {}).items():
-        if value is not None:
-            _set_dotted(tree, key.split("."), value)
+    tree = _read_yaml(Path(yaml_path)) if yaml_path is not None else {}
+    problems: list[str] = []
+    assignments = [(key.split("."), v) for key, v in (values or {}).items() if v is not None]
     for item in overrides or []:
-        path_parts, value = parse_override(item)
-        _set_dotted(tree, path_parts, value)
+        try:
+            assignments.append(parse_override(item))
+        except ConfigError as exc:  # reported together with the validation errors below
+            problems.append(str(exc))
+    for path_parts, value in assignments:
+        try:
+            _set_dotted(tree, path_parts, value)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    # An empty section in YAML (`train:` with every key commented out) means "all defaults".
+    tree = {k: ({} if v is None and k in RunConfig.model_fields else v) for k, v in tree.items()}
     try:
-        return RunConfig.model_validate(tree)
+        cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError("invalid configuration:\n" + _format_validation_error(err)) from None
+        problems += _format_validation_error(err)
+    if problems:
+        where = f"{yaml_path}: " if yaml_path is not None else ""
+        raise ConfigError(f"{where}invalid configuration:\n" + "\n".join(problems))
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML file as a tree of sections; file-level problems stop here (nothing to validate)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train:, ...)")
+    return loaded
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
