@@ -127,7 +127,8 @@ def _format_validation_error(err: ValidationError) -> list[str]:
         if e["type"] == "extra_forbidden":
             fields = _known_fields(e["loc"][:-1])
             close = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
-            line += f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+            line += f"; {hint}"
         lines.append(line)
     return lines
 

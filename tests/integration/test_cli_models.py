@@ -23,9 +23,8 @@ PACKAGE_INSTALLED = registry.embedded_gguf_path(KNOWN_MODELS[0]) is not None
 def _run_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     # A wide terminal so that rich does not fold paths in the middle.
     env = os.environ | {"COLUMNS": "250", "HF_HUB_OFFLINE": "1", "TUNECRAFT_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "tunecraft", *args], env=env, capture_output=True, text=True, timeout=120
-    )
+    command = [sys.executable, "-m", "tunecraft", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_models_json_lists_the_default_first() -> None:

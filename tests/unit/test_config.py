@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tunecraft.config import DEFAULT_MODEL, RunConfig, build_config, dump_config, load_config, parse_override
+from tunecraft.config import (
+    DEFAULT_MODEL,
+    RunConfig,
+    build_config,
+    dump_config,
+    load_config,
+    parse_override,
+)
 from tunecraft.errors import ConfigError
 
 

