@@ -88,3 +88,23 @@ def build_model_dir(
     )
     model.save_pretrained(str(out), safe_serialization=True)
     return out
+
+
+INTENTS = ["card_arrival", "refund", "transfer", "pin_reset", "balance", "lost_card"]
+_OPENERS = ["hi", "hello", "hey there", "good morning", "excuse me", "quick question"]
+
+
+def write_chat_data(path: Path, n: int, seed: int = 0) -> Path:
+    """A small deterministic chat dataset: short user messages, JSON-ish intent answers."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            intent = rng.choice(INTENTS)
+            user = f"{rng.choice(_OPENERS)}, about my {intent.replace('_', ' ')} (ticket {i})"
+            answer = json.dumps({"intent": intent, "ticket": i})
+            row = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+            fh.write(json.dumps(row) + "\n")
+    return path

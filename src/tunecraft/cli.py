@@ -82,6 +82,45 @@ def data_show(
     show_examples(data, model=model, n=n, max_length=max_length, console=console)
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    args: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="[CONFIG.yaml] [key=value ...] e.g. train.lr=1e-4 lora.r=8", show_default=False),
+    ] = None,
+    model: ModelOpt = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Training data (JSONL/CSV).")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation data (default: split of train).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="lora or full (default: auto).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Passes over the data.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Max tokens per example.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per optimizer step.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="fast (default) or reference.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and a measured time estimate; train nothing.")] = False,
+) -> None:
+    """Fine-tune a model (LoRA or full) and write a run directory."""
+    from tunecraft.train.entry import run_train
+
+    code = run_train(
+        args or [],
+        {
+            "model.name": model, "data.train": data, "data.val": val, "train.method": method,
+            "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
+            "data.max_length": max_length, "train.batch_size": batch_size, "train.seed": seed,
+            "train.engine": engine, "train.out": out,
+        },
+        resume=resume,
+        dry_run=dry_run,
+        console=console,
+    )
+    raise typer.Exit(code)
+
+
 @app.command()
 def serve(
     targets: Annotated[

@@ -1,0 +1,90 @@
+"""Tokenized-dataset cache: safetensors arrays + JSON, keyed by everything that changes tokens.
+
+Key = data file bytes + tokenizer files + chat template + render mode + system prompt +
+max length + the renderer's version. Writes are atomic (temp file + rename), so a crashed
+run never leaves a half-written entry that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from tunecraft import paths
+from tunecraft.data.render import TokenizedExample
+
+RENDER_VERSION = "1"  # bump when render.py changes what it produces
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of the tokenizer's vocabulary/merges, special tokens and chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8"))
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode("utf-8"))
+    h.update(json.dumps(
+        [tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token], default=str
+    ).encode("utf-8"))
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    blob = json.dumps({**parts, "render_version": RENDER_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def _entry(key: str) -> Path:
+    return paths.data_cache_dir() / f"{key}.safetensors"
+
+
+def load_cached(key: str) -> list[TokenizedExample] | None:
+    path = _entry(key)
+    if not path.is_file():
+        return None
+    try:
+        arrays = load_file(str(path))
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable entry: rebuild it
+    ids, labels, offsets = arrays["ids"], arrays["labels"], arrays["offsets"]
+    out = []
+    for i, (p, line, cut) in enumerate(meta["rows"]):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        out.append(TokenizedExample(ids[a:b].tolist(), labels[a:b].tolist(), p, line, cut))
+    return out
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def store(key: str, examples: list[TokenizedExample]) -> None:
+    lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat_ids = np.array([t for e in examples for t in e.input_ids], dtype=np.int32)
+    flat_labels = np.array([t for e in examples for t in e.labels], dtype=np.int32)
+    path = _entry(key)
+    meta = {"rows": [[e.path, e.line, e.truncated] for e in examples]}
+    # JSON first: an entry counts only once its .safetensors exists.
+    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta), encoding="utf-8"))
+    _atomic_write(
+        path,
+        lambda p: save_file({"ids": flat_ids, "labels": flat_labels, "offsets": offsets}, str(p)),
+    )

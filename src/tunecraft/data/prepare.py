@@ -1,0 +1,112 @@
+"""Turn the configured data files into tokenized train/validation sets (cached, split, recorded)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunecraft.data import cache
+from tunecraft.data.render import TemplateMode, TokenizedExample, tokenize_example
+from tunecraft.data.schema import Example
+from tunecraft.data.split import split_indices
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    val: list[TokenizedExample]
+    train_examples: list[Example]
+    val_examples: list[Example]
+    split: dict[str, Any]  # how val was obtained (file, or seeded split with line numbers)
+
+
+def read_examples(path: Path) -> list[Example]:
+    """Validated examples of a file; raises DataError listing every error (PATH:LINE)."""
+    from tunecraft.data.loader import load_examples
+
+    return load_examples(path)
+
+
+def tokenize_file(
+    path: Path,
+    examples: list[Example],
+    tokenizer: Any,
+    max_length: int | None,
+    mode: TemplateMode,
+    system_prompt: str | None,
+) -> list[TokenizedExample]:
+    """Tokenize every example of `path`, reusing the on-disk cache when nothing changed."""
+    key = cache.cache_key(
+        {
+            "file": cache.file_digest(path),
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+            "mode": mode,
+            "system": system_prompt,
+            "max_length": max_length,
+        }
+    )
+    cached = cache.load_cached(key)
+    if cached is not None and len(cached) == len(examples):
+        return cached
+    out = [tokenize_example(e, tokenizer, max_length, mode, system_prompt) for e in examples]
+    cache.store(key, out)
+    return out
+
+
+def prepare(
+    train_path: Path,
+    val_path: Path | None,
+    tokenizer: Any,
+    max_length: int | None,
+    mode: TemplateMode,
+    system_prompt: str | None,
+    val_fraction: float,
+    seed: int,
+    train_examples: list[Example] | None = None,
+    val_examples: list[Example] | None = None,
+) -> PreparedData:
+    """Tokenize train (and val, or a seeded split of train)."""
+    train_ex = train_examples if train_examples is not None else read_examples(train_path)
+    train_tok = tokenize_file(train_path, train_ex, tokenizer, max_length, mode, system_prompt)
+    if val_path is not None:
+        val_ex = val_examples if val_examples is not None else read_examples(val_path)
+        val_tok = tokenize_file(val_path, val_ex, tokenizer, max_length, mode, system_prompt)
+        return PreparedData(train_tok, val_tok, train_ex, val_ex, {"kind": "file", "val": str(val_path)})
+    train_idx, val_idx = split_indices([e.key_text() for e in train_ex], val_fraction, seed)
+    split = {
+        "kind": "split",
+        "source": str(train_path),
+        "seed": seed,
+        "fraction": val_fraction,
+        "train_lines": [train_ex[i].line for i in train_idx],
+        "val_lines": [train_ex[i].line for i in val_idx],
+    }
+    return PreparedData(
+        [train_tok[i] for i in train_idx],
+        [train_tok[i] for i in val_idx],
+        [train_ex[i] for i in train_idx],
+        [train_ex[i] for i in val_idx],
+        split,
+    )
+
+
+def truncate(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
+    """Cut examples to `max_length` tokens on the right (the cache holds them untruncated)."""
+    out = []
+    for e in examples:
+        if len(e.input_ids) <= max_length:
+            out.append(e)
+        else:
+            cut = len(e.input_ids) - max_length
+            out.append(
+                TokenizedExample(e.input_ids[:max_length], e.labels[:max_length], e.path, e.line, cut)
+            )
+    return out
+
+
+def write_split(run_dir: Path, split: dict[str, Any]) -> None:
+    """Record in the run directory which rows trained and which validated."""
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    (run_dir / "data" / "split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")

@@ -1,0 +1,35 @@
+"""Seeded train/validation split, stable under reordering of unrelated rows."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}|{key}".encode("utf-8")).hexdigest()
+
+
+def split_indices(keys: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Return (train, val) indices; val holds round(fraction * n) rows, at least 1 if n >= 2.
+
+    Rows are ranked by a seeded hash of their content, so the split does not depend on file
+    order and identical rows land on the same side (a duplicate can't leak across the split).
+    """
+    n = len(keys)
+    if n < 2:
+        return list(range(n)), []
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    order = sorted(range(n), key=lambda i: (_rank(seed, keys[i]), i))
+    # Keep whole groups of identical keys together: extend the cut past equal keys.
+    val_set: set[int] = set(order[:n_val])
+    val_keys = {keys[i] for i in val_set}
+    val_set |= {i for i in range(n) if keys[i] in val_keys}
+    if len(val_set) >= n:  # everything identical: fall back to a plain cut
+        val_set = set(order[:n_val])
+    train = [i for i in range(n) if i not in val_set]
+    val = sorted(val_set)
+    return train, val

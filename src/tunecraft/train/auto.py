@@ -1,0 +1,81 @@
+"""Fill "auto" hyperparameters from the data and the machine, each with its reason.
+
+Like a hosted fine-tuning service's auto settings: a user who knows nothing about learning
+rates gets a run that works, and sees why each value was chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tunecraft.config import RunConfig
+
+LORA_MIN_PARAMS = 50_000_000  # below this, full fine-tuning is cheap and usually better
+
+
+@dataclass(frozen=True)
+class Choice:
+    field: str
+    value: object
+    reason: str
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def choose_method(n_params: int) -> Choice:
+    if n_params >= LORA_MIN_PARAMS:
+        return Choice("train.method", "lora", f"{n_params / 1e6:.0f}M parameters: LoRA trains "
+                      "~1% of them, faster and harder to overfit; use --method full to train all")
+    return Choice("train.method", "full", f"{n_params / 1e6:.1f}M parameters: small enough to train fully")
+
+
+def choose_lr(method: str) -> Choice:
+    if method == "lora":
+        return Choice("train.lr", 1e-3, "LoRA adapters start at zero and need a high LR (1e-3)")
+    return Choice("train.lr", 5e-5, "full fine-tuning moves pre-trained weights: a low LR (5e-5)")
+
+
+def choose_epochs(n_train: int) -> Choice:
+    if n_train <= 200:
+        return Choice("train.epochs", 4.0, f"{n_train} examples: small data needs several passes")
+    if n_train <= 1000:
+        return Choice("train.epochs", 3.0, f"{n_train} examples: 3 passes")
+    if n_train <= 5000:
+        return Choice("train.epochs", 2.0, f"{n_train} examples: 2 passes")
+    return Choice("train.epochs", 1.0, f"{n_train} examples: one pass is enough")
+
+
+def choose_batch_size(n_train: int) -> Choice:
+    if n_train >= 160:
+        return Choice("train.batch_size", 16, "16 examples per step")
+    value = max(2, n_train // 10)
+    return Choice("train.batch_size", value, f"{n_train} examples: {value} per step gives ~10 steps per epoch")
+
+
+def choose_max_length(lengths: list[int], context: int) -> Choice:
+    if not lengths:
+        return Choice("data.max_length", min(512, context), "no data lengths known")
+    ordered = sorted(lengths)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    value = min(context, max(64, _round_up(p99, 64)))
+    return Choice("data.max_length", value, f"covers 99% of examples (p99 {p99} tokens), "
+                  f"within the model's context of {context}")
+
+
+def choose_micro_batch(batch_size: int, max_length: int, device_type: str) -> Choice:
+    budget = 4096 if device_type == "cpu" else 32768  # tokens per forward pass
+    value = max(1, min(batch_size, budget // max(1, max_length)))
+    return Choice("train.micro_batch_size", value, f"~{budget} tokens per forward pass on {device_type}")
+
+
+def choose_eval_every(total_steps: int) -> Choice:
+    value = max(1, total_steps // 10)
+    return Choice("train.eval_every", value, f"about 10 evaluations over {total_steps} steps")
+
+
+def apply(cfg: RunConfig, choice: Choice) -> None:
+    section, name = choice.field.split(".")
+    setattr(getattr(cfg, section), name, choice.value)

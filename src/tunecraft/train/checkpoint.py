@@ -1,0 +1,181 @@
+"""Atomic, resumable training checkpoints in safetensors + JSON (never pickle).
+
+A checkpoint directory `checkpoints/step-000120/` holds:
+- `trainable.safetensors`: the trainable parameters (LoRA weights, or the whole model), fp32;
+- `optimizer.safetensors` + `optimizer.json`: AdamW's state tensors and its param groups;
+- `rng.safetensors`: torch CPU (and CUDA) generator states;
+- `state.json`: step, best validation loss and step, patience, the LR schedule position,
+  and python's `random` state; `COMPLETE` is written last.
+
+It is written to `step-000120.tmp-<pid>/`, every file fsynced, then renamed: a crash leaves
+either a complete checkpoint or a temp directory that is ignored and later removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+COMPLETE = "COMPLETE"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(directory: Path) -> None:
+    for f in directory.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(directory)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name, as contiguous fp32 CPU tensors."""
+    return {
+        name: p.detach().to("cpu", torch.float32).contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    if missing:
+        raise ValueError(f"checkpoint lacks trainable parameters: {missing[:5]}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def _optimizer_from_files(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda_{i}"] = s
+    return out
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda_")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+    protect: set[int] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically; prune old ones but keep the newest `keep` and `protect`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
+    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    full_state = {**state, "step": step, "py_random": _py_random_state()}
+    (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
+    (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
+    _fsync_files(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(root, keep, protect or set())
+    return final
+
+
+def _py_random_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp dirs and those without COMPLETE are skipped)."""
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and ".tmp-" not in p.name and (p / COMPLETE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def prune(root: Path, keep: int, protect: set[int]) -> None:
+    for stale in root.glob("step-*.tmp-*"):
+        if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
+            shutil.rmtree(stale, ignore_errors=True)
+    checkpoints = complete_checkpoints(root)
+    for ckpt in checkpoints[:-keep] if keep else checkpoints:
+        if int(ckpt.name.split("-")[1]) not in protect:
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from `path`; returns its state.json."""
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{path}: incomplete checkpoint (no {COMPLETE} marker)")
+    load_trainable(model, load_file(str(path / "trainable.safetensors")))
+    _optimizer_from_files(
+        optimizer,
+        load_file(str(path / "optimizer.safetensors")),
+        json.loads((path / "optimizer.json").read_text(encoding="utf-8")),
+    )
+    _restore_rng(load_file(str(path / "rng.safetensors")))
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    version, internal, gauss = state["py_random"]
+    random.setstate((version, tuple(internal), gauss))
+    return state

@@ -1,0 +1,65 @@
+"""`tunecraft train` as a function: parse positional args, build the config, plan, run, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tunecraft.config import RunConfig, build_config, load_config
+from tunecraft.errors import ConfigError
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG.yaml] [key=value ...] -> (config path, overrides)."""
+    config: str | None = None
+    overrides: list[str] = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif arg.endswith((".yaml", ".yml")) and config is None:
+            config = arg
+        else:
+            raise ConfigError(
+                f"unexpected argument {arg!r}: expected a CONFIG.yaml file or key=value overrides "
+                "(e.g. train.lr=1e-4)"
+            )
+    return config, overrides
+
+
+def resolve_config(args: list[str], values: dict[str, Any], resume: bool) -> RunConfig:
+    config_path, overrides = split_args(args)
+    if resume:
+        out = values.get("train.out")
+        if not out:
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = Path(out) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found; is {out} a run directory?")
+        return load_config(saved)
+    return build_config(config_path, overrides, values)
+
+
+def run_train(
+    args: list[str], values: dict[str, Any], resume: bool, dry_run: bool, console: Console
+) -> int:
+    """Returns the process exit code: 0 done, 1 failed, 130 interrupted (resumable)."""
+    import transformers
+
+    from tunecraft.train.loop import build, measure_step_time, train
+    from tunecraft.train.show import print_outcome, print_plan
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    cfg = resolve_config(args, values, resume)
+    plan, rt = build(cfg, on_status=console.print)
+    if dry_run:
+        step_s = measure_step_time(plan, rt)
+        print_plan(plan, console, step_s=step_s)
+        return 0
+    if not resume:
+        print_plan(plan, console)
+    result = train(plan.cfg, resume=resume, console=console, plan=plan, rt=rt)
+    print_outcome(result.summary, result.run_dir, console)
+    return 130 if result.status == "interrupted" else 0

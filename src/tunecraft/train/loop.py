@@ -1,0 +1,402 @@
+"""The training loop: one function for full fine-tuning and LoRA.
+
+`train(cfg)` reads top to bottom: plan (validate, resolve, auto settings) -> build (model,
+LoRA, optimizer) -> resume -> loop (forward, masked loss, backward, clip, step, schedule,
+eval, early stop, checkpoint) -> final eval -> summary. LoRA changes only which parameters
+train and what `model/` holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunecraft.config import RunConfig, dump_config
+from tunecraft.data.batching import Batch, padded_batches, packed_batches, plan_steps, steps_per_epoch
+from tunecraft.data.prepare import write_split
+from tunecraft.errors import TunecraftError
+from tunecraft.models.load import load_model
+from tunecraft.train import checkpoint as ckpt
+from tunecraft.train.deliver import save_deliverable
+from tunecraft.train.loss import compute_loss
+from tunecraft.train.lora import apply_lora, trainable_counts
+from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
+from tunecraft.train.plan import Plan, make_plan
+from tunecraft.train.progress import Progress
+from tunecraft.train.runlog import RunLog, read_jsonl
+from tunecraft.train.runtime import Runtime, seed_everything, setup_runtime
+
+
+class TrainingFailed(TunecraftError):
+    """The run stopped on a non-finite loss or gradient (nothing was applied)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # finished | early_stopped | interrupted | failed
+    summary: dict[str, Any]
+    model: Any = None  # the in-memory model at the end (tests compare weights)
+
+
+@dataclass
+class _State:
+    """What the loop carries between steps (and what a checkpoint restores)."""
+
+    step: int = 0
+    tokens: int = 0  # cumulative loss-bearing tokens
+    tokens_seen: int = 0  # cumulative non-padding tokens
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations since the last improvement
+    last_train_loss: float = math.nan
+    elapsed_s: float = 0.0
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _build_model(plan: Plan, rt: Runtime) -> Any:
+    cfg = plan.cfg
+    # LoRA: frozen base in the compute dtype, adapters in fp32 (peft upcasts them).
+    # Full: fp32 master weights; bf16 compute comes from autocast.
+    dtype = rt.dtype if cfg.train.method == "lora" else torch.float32
+    model = load_model(plan.model.path, dtype, cfg.model.trust_remote_code, rt.device)
+    model.config.use_cache = False
+    if cfg.train.method == "lora":
+        model = apply_lora(model, cfg.lora, cfg.train.seed)
+    else:
+        model.requires_grad_(True)
+    model.train()
+    return model
+
+
+def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any]:
+    if method == "full" and rt.dtype == torch.bfloat16:
+        return torch.autocast(rt.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[Batch]:
+    cfg = plan.cfg.train
+    pad = plan.tokenizer.pad_token_id
+    if cfg.engine == "fast":
+        return packed_batches(examples, indices, plan.cfg.data.max_length or 512, cfg.micro_batch_size or 1, pad)
+    return padded_batches(examples, indices, cfg.micro_batch_size or 1, pad)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return Batch(
+        batch.input_ids.to(device),
+        batch.labels.to(device),
+        batch.position_ids.to(device),
+        None if batch.attention_mask is None else batch.attention_mask.to(device),
+        batch.n_loss,
+        batch.n_tokens,
+    )
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+@torch.no_grad()
+def evaluate(model: Any, plan: Plan, rt: Runtime) -> tuple[float, float]:
+    """Validation loss (mean over loss-bearing tokens) and next-token accuracy."""
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    indices = list(range(len(plan.val)))
+    per = max(1, (plan.cfg.train.micro_batch_size or 1) * 2)
+    with _autocast(rt, plan.cfg.train.method):
+        for start in range(0, len(indices), per):
+            for batch in _micro_batches(plan, indices[start : start + per], plan.val):
+                out = compute_loss(model, _to(batch, rt.device), plan.cfg.train.engine, with_accuracy=True)
+                total += float(out.loss_sum)
+                correct += int(out.n_correct)
+                count += batch.n_loss
+    model.train(was_training)
+    if count == 0:
+        return math.nan, math.nan
+    return total / count, correct / count
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def train_step(
+    model: Any, optimizer: torch.optim.Optimizer, batches: list[Batch], plan: Plan, rt: Runtime
+) -> tuple[float, float]:
+    """One optimizer step over micro-batches; returns (mean loss, grad norm).
+
+    The loss of each micro-batch is its summed cross-entropy divided by the loss-bearing
+    tokens of the *whole step*, so gradients equal those of one big batch. A non-finite
+    loss or gradient raises before the optimizer touches the weights.
+    """
+    n_loss = sum(b.n_loss for b in batches)
+    total = 0.0
+    with _autocast(rt, plan.cfg.train.method):
+        for batch in batches:
+            out = compute_loss(model, _to(batch, rt.device), plan.cfg.train.engine)
+            (out.loss_sum / max(1, n_loss)).backward()
+            total += float(out.loss_sum.detach())
+    loss = total / max(1, n_loss)
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = plan.cfg.train.grad_clip
+    norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf))
+    if not math.isfinite(loss) or not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingFailed(
+            f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
+            f"(loss={loss}, grad_norm={norm}); the step was not applied. Try a lower learning "
+            "rate (--lr), precision=fp32, or check the data for extreme examples."
+        )
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, norm
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _prepare_run_dir(plan: Plan, resume: bool) -> None:
+    run_dir = plan.run_dir
+    if run_dir.exists() and (run_dir / "config.yaml").exists() and not resume:
+        raise TunecraftError(
+            f"{run_dir} already holds a run. Resume it with --resume, or choose another --out."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(plan.cfg, run_dir / "config.yaml")
+    write_split(run_dir, plan.data.split)
+
+
+def _truncate_logs(run_dir: Path, step: int) -> None:
+    """After resuming from `step`, drop metric rows of steps that will be run again."""
+    path = run_dir / "metrics.jsonl"
+    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
+    tmp = path.with_name("metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str, Any]:
+    return {
+        "status": status,
+        "message": message,
+        "method": plan.cfg.train.method,
+        "base_model": plan.cfg.model.name,
+        "base_model_path": str(plan.model.path),
+        "train_examples": len(plan.train),
+        "val_examples": len(plan.val),
+        "train_tokens": plan.train_tokens,
+        "train_loss_tokens": plan.train_loss_tokens,
+        "steps": st.step,
+        "total_steps": plan.total_steps,
+        "wall_s": round(st.elapsed_s, 2),
+        "tokens_per_s": round(st.tokens_seen / st.elapsed_s, 1) if st.elapsed_s else None,
+        "best_step": st.best_step,
+        "best_val_loss": None if math.isinf(st.best_val_loss) else st.best_val_loss,
+        "final_train_loss": None if math.isnan(st.last_train_loss) else st.last_train_loss,
+        "n_params": plan.n_params,
+    }
+
+
+def _state_dict(st: _State) -> dict[str, Any]:
+    return {k: getattr(st, k) for k in _State.__dataclass_fields__ if k != "step"}
+
+
+def _restore(plan: Plan, model: Any, optimizer: torch.optim.Optimizer, log: RunLog) -> _State:
+    checkpoints = ckpt.complete_checkpoints(plan.run_dir / "checkpoints")
+    if not checkpoints:
+        log.event("resume", "no complete checkpoint found: starting from step 0")
+        return _State()
+    saved = ckpt.load_checkpoint(checkpoints[-1], model, optimizer)
+    st = _State(step=int(saved["step"]))
+    for key, value in saved.items():
+        if key in _State.__dataclass_fields__ and key != "step":
+            setattr(st, key, math.inf if value is None and key == "best_val_loss" else value)
+    _truncate_logs(plan.run_dir, st.step)
+    log.event("resume", f"resumed from {checkpoints[-1].name}", step=st.step)
+    return st
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def build(cfg: RunConfig, on_status: Any = None) -> tuple[Plan, Runtime]:
+    plan = make_plan(cfg, on_status=on_status)
+    rt = setup_runtime(plan.cfg.train.precision, plan.cfg.train.deterministic, plan.cfg.train.threads)
+    return plan, rt
+
+
+def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
+    """Median seconds per optimizer step over a short warm-up (weights are thrown away)."""
+    seed_everything(plan.cfg.train.seed)
+    model = _build_model(plan, rt)
+    optimizer = build_optimizer(
+        (p for p in model.parameters() if p.requires_grad), plan.cfg.train.lr or 1e-4, 0.0, True
+    )
+    schedule = plan_steps(len(plan.train), plan.cfg.train.batch_size or 1, steps + 1, plan.cfg.train.seed)
+    times = []
+    for indices in schedule:
+        t0 = time.time()
+        train_step(model, optimizer, _micro_batches(plan, indices, plan.train), plan, rt)
+        times.append(time.time() - t0)
+    warm = sorted(times[1:]) or times  # the first step pays one-time costs
+    return warm[len(warm) // 2]
+
+
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    console: Any = None,
+    plan: Plan | None = None,
+    rt: Runtime | None = None,
+) -> RunResult:
+    """Run (or resume) a fine-tuning job; returns how it ended and its summary."""
+    if plan is None or rt is None:
+        plan, rt = build(cfg, on_status=console.print if console else None)
+    run_dir = plan.run_dir
+    _prepare_run_dir(plan, resume)
+    log = RunLog(run_dir, enabled=rt.is_main)
+    seed_everything(plan.cfg.train.seed)
+    model = _build_model(plan, rt)
+    fused = not plan.cfg.train.deterministic
+    optimizer = build_optimizer(
+        (p for p in model.parameters() if p.requires_grad),
+        plan.cfg.train.lr or 1e-4,
+        plan.cfg.train.weight_decay,
+        fused,
+    )
+    st = _restore(plan, model, optimizer, log) if resume else _State()
+    steps = plan_steps(len(plan.train), plan.cfg.train.batch_size or 1, plan.total_steps, plan.cfg.train.seed)
+    trainable, total_params = trainable_counts(model)
+    log.event(
+        "started",
+        f"{plan.cfg.train.method} on {plan.cfg.model.name}: {len(plan.train)} examples, "
+        f"{plan.total_steps} steps, {trainable:,} of {total_params:,} parameters trainable",
+        step=st.step,
+    )
+    status, message = "finished", ""
+    progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
+    try:
+        with _StopSignal() as stop, progress:
+            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress)
+    except TrainingFailed as exc:
+        log.event("failed", str(exc), step=st.step + 1)
+        log.summary(_summary(plan, st, "failed", str(exc)))
+        raise
+    if status in ("finished", "early_stopped"):
+        log.event(status, message, step=st.step)
+    summary = _summary(plan, st, status, message)
+    log.summary(summary)
+    return RunResult(run_dir, status, summary, model)
+
+
+def _run_steps(
+    plan: Plan,
+    rt: Runtime,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    steps: list[list[int]],
+    st: _State,
+    log: RunLog,
+    stop: _StopSignal,
+    progress: Progress,
+) -> tuple[str, str]:
+    tc = plan.cfg.train
+    warmup = int(round(tc.warmup_ratio * plan.total_steps))
+    per_epoch = steps_per_epoch(len(plan.train), tc.batch_size or 1)
+    t_start = time.time() - st.elapsed_s
+    for step_idx in range(st.step, plan.total_steps):
+        lr = (tc.lr or 1e-4) * lr_factor(step_idx, plan.total_steps, warmup, tc.schedule)
+        set_lr(optimizer, lr)
+        batches = _micro_batches(plan, steps[step_idx], plan.train)
+        t0 = time.time()
+        loss, norm = train_step(model, optimizer, batches, plan, rt)
+        dt_step = time.time() - t0
+        st.step = step_idx + 1
+        st.tokens += sum(b.n_loss for b in batches)
+        n_tok = sum(b.n_tokens for b in batches)
+        st.tokens_seen += n_tok
+        st.last_train_loss = loss
+        st.elapsed_s = time.time() - t_start
+        log.metric(
+            "train", step=st.step, epoch=round(st.step / per_epoch, 4), loss=loss, lr=lr,
+            grad_norm=norm, tokens=st.tokens, tokens_seen=st.tokens_seen,
+            tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3),
+        )
+        progress.update(st.step, loss, n_tok / dt_step)
+        last = st.step == plan.total_steps
+        stopped_early = False
+        if st.step % (tc.eval_every or 1) == 0 or last:
+            stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
+        if st.step % (tc.save_every or 1) == 0 or last or stopped_early or stop.received:
+            st.elapsed_s = time.time() - t_start
+            path = ckpt.save_checkpoint(
+                plan.run_dir / "checkpoints", st.step, model, optimizer, _state_dict(st),
+                tc.keep_checkpoints, protect={st.best_step},
+            ) if rt.is_main else None
+            if path is not None:
+                log.event("checkpoint", f"saved {path.name}", step=st.step)
+        if stopped_early:
+            return "early_stopped", (
+                f"validation loss did not improve for {tc.patience} evaluations; best step "
+                f"{st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
+            )
+        if stop.received:
+            name = signal.Signals(stop.received).name
+            msg = f"{name} received: stopped at step {st.step}; resume with --resume"
+            log.event("interrupted", msg, step=st.step)
+            return "interrupted", msg
+    st.elapsed_s = time.time() - t_start
+    return "finished", (
+        f"{st.step} steps; best step {st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
+    )
+
+
+def _eval_and_keep_best(
+    plan: Plan, rt: Runtime, model: Any, st: _State, log: RunLog, progress: Progress
+) -> bool:
+    """Evaluate; save model/ on improvement; return True when patience ran out."""
+    val_loss, val_acc = evaluate(model, plan, rt)
+    log.metric("eval", step=st.step, val_loss=val_loss, val_token_accuracy=val_acc)
+    progress.note(f"step {st.step}: val loss {val_loss:.4f}, token accuracy {val_acc:.3f}")
+    if val_loss < st.best_val_loss:
+        st.best_val_loss, st.best_step, st.bad_evals = val_loss, st.step, 0
+        if rt.is_main:
+            save_deliverable(model, plan.tokenizer, plan.run_dir / "model", plan.cfg.train.method)
+        return False
+    st.bad_evals += 1
+    patience = plan.cfg.train.patience
+    return patience is not None and st.bad_evals >= patience

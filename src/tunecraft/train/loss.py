@@ -1,0 +1,104 @@
+"""Masked next-token cross-entropy, summed over loss-bearing targets.
+
+The loop divides the sum by the loss-bearing tokens of the whole optimizer step (all
+micro-batches, all ranks), so every target token weighs the same however the step is split.
+
+Two implementations compute the same number:
+- `reference`: the model's full logits (B, T, V), then cross-entropy. Plain and obviously right.
+- `fast`: the decoder's hidden states, gathered at loss-bearing positions only, projected
+  through the LM head in chunks that are recomputed in backward, so full-vocabulary logits
+  for the whole batch never exist in memory (49k vocab x 4k tokens would be 800 MB in fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from tunecraft.data.batching import Batch
+from tunecraft.data.render import IGNORE
+
+CHUNK_TOKENS = 1024  # rows of the LM head computed at once in the fast path
+
+
+@dataclass
+class LossOut:
+    loss_sum: torch.Tensor  # scalar, fp32: sum of -log p(target) over loss-bearing targets
+    n_correct: torch.Tensor  # scalar: argmax == target count (for token accuracy)
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_fast_path(model: Any) -> bool:
+    """The fast path needs plain `lm_head(hidden)` logits (no soft-capping or logit scaling)."""
+    cfg = unwrap(model).config
+    return not any(
+        getattr(cfg, name, None) not in (None, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    )
+
+
+def reference_loss(model: Any, batch: Batch) -> LossOut:
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).logits  # (B, T, V)
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    targets = batch.labels.reshape(-1)
+    loss_sum = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum")
+    mask = targets != IGNORE
+    n_correct = (flat.detach().argmax(-1)[mask] == targets[mask]).sum()
+    return LossOut(loss_sum, n_correct)
+
+
+def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = (hidden @ weight.t()).float()  # (N, V)
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _chunk_correct(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return ((hidden @ weight.t()).argmax(-1) == targets).sum()
+
+
+def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
+    inner = unwrap(model)
+    hidden = inner.get_decoder()(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).last_hidden_state  # (B, T, H)
+    head = inner.get_output_embeddings()
+    assert head.bias is None, "fast path assumes a bias-free LM head"
+    mask = batch.labels != IGNORE
+    h = hidden[mask]  # (N, H), only loss-bearing positions
+    targets = batch.labels[mask]  # (N,)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    correct = torch.zeros((), dtype=torch.long)
+    for start in range(0, h.shape[0], CHUNK_TOKENS):
+        hc, tc = h[start : start + CHUNK_TOKENS], targets[start : start + CHUNK_TOKENS]
+        if torch.is_grad_enabled():
+            # Recompute this chunk's logits in backward instead of keeping (N, V) alive.
+            total = total + checkpoint(_chunk_ce, hc, head.weight, tc, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(hc, head.weight, tc)
+        if with_accuracy:
+            correct = correct + _chunk_correct(hc, head.weight, tc).cpu()
+    return LossOut(total, correct)
+
+
+def compute_loss(model: Any, batch: Batch, engine: str, with_accuracy: bool = False) -> LossOut:
+    """Summed masked cross-entropy of one micro-batch with the chosen implementation."""
+    if engine == "fast" and supports_fast_path(model):
+        return fast_loss(model, batch, with_accuracy)
+    return reference_loss(model, batch)

@@ -1,0 +1,62 @@
+"""What `tunecraft train` prints: the plan (with the reasons for auto settings) and the outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tunecraft.train.plan import Plan
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 90:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_s: float | None = None) -> None:
+    cfg = plan.cfg
+    table = Table(title="training plan", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("model", f"{cfg.model.name} ({plan.n_params / 1e6:.1f}M parameters) at {plan.model.path}")
+    table.add_row("method", cfg.train.method + (f", {trainable:,} trainable parameters" if trainable else ""))
+    table.add_row("data", f"{len(plan.train)} train / {len(plan.val)} validation examples "
+                  f"({'file ' + str(cfg.data.val) if cfg.data.val else 'seeded split of train'})")
+    table.add_row("tokens", f"{plan.train_tokens:,} per epoch, {plan.train_loss_tokens:,} loss-bearing")
+    table.add_row("steps", f"{plan.total_steps} optimizer steps of {cfg.train.batch_size} examples "
+                  f"({cfg.train.epochs:g} epochs), eval every {cfg.train.eval_every}")
+    table.add_row("optimizer", f"AdamW lr {cfg.train.lr:g}, {cfg.train.schedule} after "
+                  f"{cfg.train.warmup_ratio:.0%} warmup, clip {cfg.train.grad_clip}")
+    table.add_row("engine", f"{cfg.train.engine}, precision {cfg.train.precision}, max length {cfg.data.max_length}")
+    if step_s is not None:
+        table.add_row("estimate", f"~{_fmt_duration(step_s * plan.total_steps)} "
+                      f"({step_s:.2f} s per step, measured)")
+    table.add_row("run dir", str(plan.run_dir))
+    console.print(table)
+    if plan.choices:
+        console.print("[bold]auto settings[/] (override any with key=value):")
+        for choice in plan.choices:
+            console.print(f"  {choice.field} = {choice.value}  [dim]# {choice.reason}[/]", highlight=False)
+
+
+def print_outcome(summary: dict[str, Any], run_dir: Any, console: Console) -> None:
+    status = summary["status"]
+    colour = {"finished": "green", "early_stopped": "green", "interrupted": "yellow"}.get(status, "red")
+    console.print(f"[bold {colour}]{status}[/]: {summary.get('message', '')}")
+    if summary.get("best_val_loss") is not None:
+        console.print(
+            f"  best validation loss {summary['best_val_loss']:.4f} at step {summary['best_step']}; "
+            f"final train loss {summary['final_train_loss']:.4f}; {summary['wall_s']:.0f} s, "
+            f"{summary['tokens_per_s'] or 0:,.0f} tokens/s"
+        )
+    console.print(f"  run directory: {run_dir}")
+    console.print(f"  chat with it:  tunecraft chat {run_dir}")
+    console.print(f"  serve it:      tunecraft serve {run_dir}")
