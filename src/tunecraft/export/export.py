@@ -1,0 +1,257 @@
+"""`tunecraft export`: write a run's model as a PEFT adapter, a merged HF model, or a GGUF file.
+
+Every format is written into a temporary directory next to `--out`, verified against the run
+(`tunecraft.export.verify`), and only then renamed into place, so `--out` never holds a
+half-written or unverified artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tunecraft.errors import TunecraftError
+from tunecraft.export.gguf_writer import GgufType, write_gguf
+from tunecraft.export.verify import (
+    TOLERANCES,
+    check_end_of_turn,
+    check_rendering,
+    compare_logits,
+    generation_config_eos,
+)
+from tunecraft.serve.engine import LoadedModel, load_target
+from tunecraft.serve.rundir import RunInfo, read_run, resolve_base
+
+Format = Literal["adapter", "merged", "gguf"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_FILE = "model.gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class ExportError(TunecraftError):
+    """An export that cannot be done as asked."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    checks: list[str] = field(default_factory=list)
+
+
+Status = Callable[[str], None]
+
+
+def _validate(fmt: str, dtype: str | None, gguf_type: str) -> None:
+    problems = []
+    if fmt not in ("adapter", "merged", "gguf"):
+        problems.append(f"--format {fmt!r}: use adapter, merged or gguf")
+    if dtype is not None and dtype not in DTYPES:
+        problems.append(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
+    if gguf_type not in GGUF_TYPES:
+        problems.append(f"--gguf-type {gguf_type!r}: use {', '.join(GGUF_TYPES)}")
+    if problems:
+        raise ExportError("; ".join(problems))
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"--out {out}: directory is not empty (pass --overwrite to replace it)")
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _generation_config(ref: LoadedModel, info: RunInfo) -> Any:
+    """The base's generation config with EOS = every end-of-turn id (first: the chat's end token)."""
+    from transformers import GenerationConfig
+
+    source = info.model_dir if info.method == "full" else resolve_base(info)
+    gen = GenerationConfig.from_pretrained(str(source)) if (source / "generation_config.json").is_file() else GenerationConfig()
+    ids = list(ref.eos_token_ids)
+    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
+    gen.pad_token_id = ref.pad_token_id
+    if ref.tokenizer.bos_token_id is not None:
+        gen.bos_token_id = ref.tokenizer.bos_token_id
+    return gen
+
+
+def _copy_safe_files(src: Path, dst: Path) -> None:
+    """Copy a model/adapter dir, refusing pickle files (they never leave tunecraft)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.suffix in PICKLE_SUFFIXES:
+            raise ExportError(f"{item}: pickle weights are never exported; the run must hold safetensors")
+        if item.is_file():
+            shutil.copy2(item, dst / item.name)
+
+
+def _short_target_modules(config_path: Path) -> None:
+    """peft records 'all-linear' as full module paths; vLLM and most tools expect the short names
+    (q_proj, ...). Same modules for Llama-style models (verification reloads it to make sure)."""
+    cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    targets = cfg.get("target_modules")
+    if isinstance(targets, list) and targets and all("." in t for t in targets):
+        cfg["target_modules"] = sorted({t.rsplit(".", 1)[-1] for t in targets})
+        config_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+
+
+def write_adapter(info: RunInfo, ref: LoadedModel, tmp: Path) -> None:
+    if info.method != "lora":
+        raise ExportError(f"{info.run_dir}: a full fine-tuning run has no adapter; use --format merged")
+    _copy_safe_files(info.model_dir, tmp)
+    _short_target_modules(tmp / "adapter_config.json")
+    _generation_config(ref, info).save_pretrained(str(tmp))
+
+
+def _float_model(info: RunInfo, dtype: torch.dtype) -> Any:
+    """The run's model as one plain HF model: LoRA merged into float (never quantized) weights."""
+    from peft import PeftModel
+
+    from tunecraft.models.load import load_model
+
+    if info.method == "full":
+        return load_model(info.model_dir, dtype=torch.float32, trust_remote_code=info.trust_remote_code).to(dtype)
+    base = load_model(resolve_base(info), dtype=torch.float32, trust_remote_code=info.trust_remote_code)
+    if getattr(base.config, "quantization_config", None):
+        raise ExportError("the base model is quantized; merging into quantized weights loses the adapter's precision")
+    # Merge in fp32, then cast once: merging in half precision would round twice.
+    merged = PeftModel.from_pretrained(base, str(info.model_dir)).merge_and_unload()
+    return merged.to(dtype)
+
+
+def write_merged(info: RunInfo, ref: LoadedModel, tmp: Path, dtype_name: str) -> None:
+    model = _float_model(info, DTYPES[dtype_name])
+    model.generation_config = _generation_config(ref, info)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    ref.tokenizer.save_pretrained(str(tmp))
+
+
+def write_gguf_file(info: RunInfo, ref: LoadedModel, tmp: Path, gguf_type: GgufType) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    model = _float_model(info, torch.float32)
+    write_gguf(model, ref.tokenizer, tmp / GGUF_FILE, gguf_type, info.run_dir.name, ref.eos_token_ids[0])
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def verify_export(run_dir: Path | str, artifact: Path | str, fmt: str, tolerance_key: str | None = None) -> list[str]:
+    """Check an exported directory against its run; returns what was checked, raises on a mismatch."""
+    info = read_run(run_dir)
+    ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32)
+    return _verify(info, ref, Path(artifact), fmt, tolerance_key)
+
+
+def _verify(info: RunInfo, ref: LoadedModel, artifact: Path, fmt: str, tolerance_key: str | None) -> list[str]:
+    from tunecraft.models.load import load_model, load_tokenizer
+
+    where = f"export check ({fmt})"
+    if fmt == "gguf":
+        return _verify_gguf(ref, artifact, tolerance_key or "gguf-f16", where)
+    tokenizer = load_tokenizer(artifact)
+    samples = check_rendering(ref, tokenizer, where)
+    check_end_of_turn(ref, generation_config_eos(artifact), where)
+    if fmt == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(resolve_base(info)), str(artifact)).eval()
+        key = "adapter"
+    else:
+        model = load_model(artifact, dtype=torch.float32).eval()
+        key = tolerance_key or "float32"
+    worst = compare_logits(ref, lambda x: model(input_ids=x).logits, samples, TOLERANCES[key], where)
+    return _checks(len(samples), ref, worst, key)
+
+
+def _verify_gguf(ref: LoadedModel, artifact: Path, key: str, where: str) -> list[str]:
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = artifact / GGUF_FILE
+    reader = gguf.GGUFReader(str(path))
+    eos_field = reader.fields.get("tokenizer.ggml.eos_token_id")
+    check_end_of_turn(ref, [int(eos_field.contents())] if eos_field else [], where)
+    tokenizer = AutoTokenizer.from_pretrained(str(artifact), gguf_file=GGUF_FILE)
+    samples = check_rendering(ref, tokenizer, where)
+    model = AutoModelForCausalLM.from_pretrained(str(artifact), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    worst = compare_logits(ref, lambda x: model(input_ids=x).logits, samples, TOLERANCES[key], where)
+    return _checks(len(samples), ref, worst, key)
+
+
+def _checks(n: int, ref: LoadedModel, worst: float, key: str) -> list[str]:
+    eot = ref.tokenizer.convert_ids_to_tokens(ref.eos_token_ids[0])
+    tol = TOLERANCES[key]
+    return [
+        f"tokenizer + chat template render {n} sample prompts/conversations exactly as training did",
+        f"generation stops at the end-of-turn token {eot!r}",
+        f"logits match the run's model: max |diff| {worst:.2e} (tolerance {tol.atol:g} + {tol.rtol:g} x max |logit|)",
+    ]
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def export_run(
+    run_dir: Path | str,
+    fmt: str,
+    out: Path | str,
+    dtype: str | None = None,
+    gguf_type: str = "f16",
+    overwrite: bool = False,
+    on_status: Status | None = None,
+) -> ExportResult:
+    """Export, verify, then move into `out`. Raises a TunecraftError (and leaves `out` alone) on failure."""
+    _validate(fmt, dtype, gguf_type)
+    out = Path(out).expanduser().resolve()
+    _check_out(out, overwrite)
+    status = on_status or (lambda _msg: None)
+    info = read_run(run_dir)
+    ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the exported dir is meant to be shared
+    try:
+        status(f"writing {fmt} export of {info.run_dir.name}")
+        key = _write(fmt, info, ref, tmp, dtype or "float32", gguf_type)
+        status("verifying the export against the run")
+        checks = _verify(info, ref, tmp, fmt, key)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, fmt if fmt != "gguf" else f"gguf ({gguf_type})", checks)
+
+
+def _write(fmt: str, info: RunInfo, ref: LoadedModel, tmp: Path, dtype: str, gguf_type: str) -> str | None:
+    """Write the artifact into `tmp`; returns the tolerance key its verification uses."""
+    if fmt == "adapter":
+        write_adapter(info, ref, tmp)
+        return "adapter"
+    if fmt == "merged":
+        write_merged(info, ref, tmp, dtype)
+        return dtype
+    write_gguf_file(info, ref, tmp, gguf_type)  # type: ignore[arg-type]
+    return f"gguf-{gguf_type}"
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the verified artifact into place (same filesystem: the final rename is atomic)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
