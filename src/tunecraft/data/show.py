@@ -16,6 +16,7 @@ from tunecraft.data.loader import load_examples
 from tunecraft.data.render import IGNORE, TokenizedExample, tokenize_example
 from tunecraft.data.schema import Example
 from tunecraft.data.stats import default_max_length
+from tunecraft.errors import ConfigError
 
 LOSS_STYLE = "black on green"
 # Without colours (a pipe, NO_COLOR) loss-bearing text is bracketed instead.
@@ -73,6 +74,8 @@ def show_examples(
     from tunecraft.models.registry import DEFAULT_MODEL
     from tunecraft.models.resolve import resolve_model
 
+    if max_length is not None and max_length < 1:
+        raise ConfigError(f"--max-length {max_length}: must be a positive number of tokens")
     examples = load_examples(data)[: max(n, 0)]  # validation first: DataError lists all errors
     resolved = resolve_model(model or DEFAULT_MODEL)
     tokenizer = load_tokenizer(resolved.path)
