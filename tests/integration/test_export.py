@@ -187,3 +187,19 @@ def test_cli_refuses_non_empty_out_and_exits_non_zero(lora_run: Path, tmp_path: 
     )
     assert proc.returncode != 0 and "not empty" in proc.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.smoke
+def test_default_model_gguf_q8_0_round_trip(default_model_dir: Path, tmp_path: Path) -> None:
+    """The real default: a (near no-op) LoRA run over it exports to q8_0 GGUF with the same greedy answer."""
+    from transformers import AutoModelForCausalLM
+
+    run = build_lora_run(tmp_path / "smol-run", default_model_dir, scale=1e-4)
+    res = export_run(run, "gguf", tmp_path / "gguf", gguf_type="q8_0")
+    lm = load_target(str(run), device="cpu")
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    want = generate_chat(lm, [conv], SamplingParams(max_tokens=8))[0].token_ids
+    model = AutoModelForCausalLM.from_pretrained(str(res.path), gguf_file="model.gguf", dtype=torch.float32)
+    ids = lm.chat_prompt(conv)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=len(want), do_sample=False, pad_token_id=0)
+    assert out[0, len(ids):].tolist()[: len(want)] == want
