@@ -11,7 +11,6 @@ Quantization error itself is bounded by the export's own logit check (verify.TOL
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
