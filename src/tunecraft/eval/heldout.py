@@ -1,0 +1,67 @@
+"""Held-out loss: mean cross-entropy of the reference answers, exactly as training scores them.
+
+The same renderer, loss mask and loss function as training, so "validation loss" in training
+and "held-out loss" here are the same quantity on different data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunecraft.data.batching import padded_batches
+from tunecraft.data.render import TokenizedExample, tokenize_example
+from tunecraft.data.schema import Example
+from tunecraft.train.loss import compute_loss
+
+
+@dataclass(frozen=True)
+class HeldoutLoss:
+    loss: float  # mean over loss-bearing tokens
+    perplexity: float
+    token_accuracy: float
+    tokens: int
+
+
+def tokenize_for(lm: Any, examples: list[Example]) -> list[TokenizedExample]:
+    """Tokenize examples with a loaded model's tokenizer, template and system prompt."""
+    limit = int(getattr(lm, "context_length", 0) or 0) or None
+    return [tokenize_example(e, lm.tokenizer, limit, lm.template, lm.system_prompt) for e in examples]
+
+
+@torch.no_grad()
+def heldout_loss(lm: Any, examples: list[TokenizedExample], batch_size: int = 8) -> HeldoutLoss:
+    """Loss of `lm` (a serve.engine.LoadedModel: base or adapter selected) on tokenized examples."""
+    total, correct, count = 0.0, 0, 0
+    indices = list(range(len(examples)))
+    with lm.activate() as module:
+        was_training = module.training
+        module.eval()
+        for batch in padded_batches(examples, indices, batch_size, lm.pad_token_id):
+            batch = _to_device(batch, lm.device)
+            out = compute_loss(module, batch, "fast", with_accuracy=True)
+            total += float(out.loss_sum)
+            correct += int(out.n_correct)
+            count += batch.n_loss
+        module.train(was_training)
+    if count == 0:
+        return HeldoutLoss(math.nan, math.nan, math.nan, 0)
+    mean = total / count
+    return HeldoutLoss(mean, math.exp(min(mean, 50.0)), correct / count, count)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return batch
+    from dataclasses import replace
+
+    return replace(
+        batch,
+        input_ids=batch.input_ids.to(device),
+        labels=batch.labels.to(device),
+        position_ids=batch.position_ids.to(device),
+        attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+    )
