@@ -30,6 +30,15 @@ class Batch:
     n_loss: int  # loss-bearing targets in this micro-batch
     n_tokens: int  # real (non-padding) tokens
 
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return Batch(
+            self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
+            mask, self.n_loss, self.n_tokens,
+        )
+
 
 def plan_steps(n_examples: int, batch_size: int, total: int, seed: int) -> list[list[int]]:
     """Example indices for each of `total` optimizer steps: a fresh seeded shuffle each epoch.

@@ -41,7 +41,7 @@ def heldout_loss(lm: Any, examples: list[TokenizedExample], batch_size: int = 8)
         was_training = module.training
         module.eval()
         for batch in padded_batches(examples, indices, batch_size, lm.pad_token_id):
-            batch = _to_device(batch, lm.device)
+            batch = batch.to(lm.device)
             out = compute_loss(module, batch, "fast", with_accuracy=True)
             total += float(out.loss_sum)
             correct += int(out.n_correct)
@@ -52,16 +52,3 @@ def heldout_loss(lm: Any, examples: list[TokenizedExample], batch_size: int = 8)
     mean = total / count
     return HeldoutLoss(mean, math.exp(min(mean, 50.0)), correct / count, count)
 
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if device.type == "cpu":
-        return batch
-    from dataclasses import replace
-
-    return replace(
-        batch,
-        input_ids=batch.input_ids.to(device),
-        labels=batch.labels.to(device),
-        position_ids=batch.position_ids.to(device),
-        attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-    )

@@ -114,19 +114,6 @@ def _micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[
     return padded_batches(examples, indices, cfg.micro_batch_size or 1, pad)
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    return Batch(
-        batch.input_ids.to(device),
-        batch.labels.to(device),
-        batch.position_ids.to(device),
-        None if batch.attention_mask is None else batch.attention_mask.to(device),
-        batch.n_loss,
-        batch.n_tokens,
-    )
-
-
 # ----------------------------------------------------------------------------- eval
 
 
@@ -141,7 +128,7 @@ def evaluate(model: Any, plan: Plan, rt: Runtime) -> tuple[float, float]:
     with _autocast(rt, plan.cfg.train.method):
         for start in range(0, len(indices), per):
             for batch in _micro_batches(plan, indices[start : start + per], plan.val):
-                out = compute_loss(model, _to(batch, rt.device), plan.cfg.train.engine, with_accuracy=True)
+                out = compute_loss(model, batch.to(rt.device), plan.cfg.train.engine, with_accuracy=True)
                 total += float(out.loss_sum)
                 correct += int(out.n_correct)
                 count += batch.n_loss
@@ -167,7 +154,7 @@ def train_step(
     total = 0.0
     with _autocast(rt, plan.cfg.train.method):
         for batch in batches:
-            out = compute_loss(model, _to(batch, rt.device), plan.cfg.train.engine)
+            out = compute_loss(model, batch.to(rt.device), plan.cfg.train.engine)
             (out.loss_sum / max(1, n_loss)).backward()
             total += float(out.loss_sum.detach())
     loss = total / max(1, n_loss)

@@ -1,0 +1,1 @@
+"""Eval: held-out loss, task metrics, baselines, verdicts and the HTML report."""
