@@ -167,6 +167,19 @@ def export(
     console.print(f"exported {result.format} to {result.path}", highlight=False)
 
 
+@app.command()
+def chat(
+    target: Annotated[str, typer.Argument(help="RUN_DIR or MODEL to chat with.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length limit.")] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
+    system: Annotated[Optional[str], typer.Option("--system", help="System message.")] = None,
+) -> None:
+    """Chat in the terminal with a tuned run or a model (streamed, training's chat template)."""
+    from tunecraft.serve.chat import run_chat
+
+    run_chat(target, max_tokens, temperature, system)
+
+
 def main() -> None:
     """Console entry point: user errors print one clear message, never a stack trace."""
     try:
