@@ -180,6 +180,16 @@ def chat(
     run_chat(target, max_tokens, temperature, system)
 
 
+@app.command()
+def demo(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.")] = None,
+) -> None:
+    """Fine-tune the embedded default on the example data, compare before/after, show how to serve."""
+    from tunecraft.demo import run_demo
+
+    raise typer.Exit(run_demo(console, out))
+
+
 def main() -> None:
     """Console entry point: user errors print one clear message, never a stack trace."""
     try:
