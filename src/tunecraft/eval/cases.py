@@ -1,0 +1,84 @@
+"""Evaluation cases: a conversation to answer and the reference answer, from any chat-like format.
+
+The reference is the last assistant turn; everything before it is the prompt. The same cases
+feed generation (prompt only) and held-out loss (prompt + reference, loss on the reference).
+Also reads back which rows trained a run (`data/split.json`), for few-shot examples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunecraft.data.loader import load_examples
+from tunecraft.data.render import to_messages
+from tunecraft.data.schema import Example, Message
+from tunecraft.errors import DataError
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    messages: list[dict[str, str]]  # the conversation up to (not including) the reference answer
+    reference: str
+    where: str  # PATH:LINE of the source row
+
+    @property
+    def prompt_text(self) -> str:
+        """The last user turn (what a person reads as 'the question')."""
+        users = [m["content"] for m in self.messages if m["role"] == "user"]
+        return users[-1] if users else ""
+
+
+def case_from_example(example: Example) -> EvalCase | None:
+    """The case of one example, or None when it has no assistant answer (raw text)."""
+    if example.format == "text":
+        return None
+    msgs = to_messages(example)
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return None
+    prompt = [{"role": m["role"], "content": m["content"]} for m in msgs[:last]]
+    return EvalCase(prompt, msgs[last]["content"], f"{example.path}:{example.line}")
+
+
+def load_cases(path: Path, limit: int | None = None) -> list[EvalCase]:
+    """Cases of a test file (the first `limit` answerable rows); raises DataError when none."""
+    cases = [c for c in (case_from_example(e) for e in load_examples(path)) if c is not None]
+    if not cases:
+        raise DataError(
+            f"{path}: no example with an assistant answer to compare against (raw text rows "
+            "cannot be scored by generation; use chat, prompt/completion or instruction rows)"
+        )
+    return cases[:limit] if limit else cases
+
+
+def scoring_example(case: EvalCase) -> Example:
+    """A chat Example whose only loss-bearing turn is the reference answer.
+
+    Earlier assistant turns (history, few-shot answers) get weight 0 so that held-out loss
+    measures the reference answer alone.
+    """
+    turns = case.messages
+    messages = [Message(m["role"], m["content"], 0 if m["role"] == "assistant" else 1) for m in turns]
+    messages.append(Message("assistant", case.reference, 1))
+    path, _, line = case.where.rpartition(":")
+    return Example("chat", path, int(line) if line.isdigit() else 0, tuple(messages))
+
+
+def training_examples(run_dir: Path, train_path: str | None) -> tuple[list[Example], str]:
+    """The rows that trained the run (from data/split.json), or ([], why not)."""
+    if not train_path:
+        return [], "the run's config names no training file"
+    path = Path(train_path)
+    if not path.is_file():
+        return [], f"{path}: training file not found (run eval from where you ran train)"
+    examples = load_examples(path)
+    split_file = run_dir / "data" / "split.json"
+    split: dict[str, Any] = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    if split.get("kind") == "split":
+        # Only the rows that trained: the held-out validation rows must not become few-shot.
+        lines = set(split.get("train_lines", []))
+        examples = [e for e in examples if e.line in lines]
+    return examples, ""

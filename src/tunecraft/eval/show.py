@@ -1,0 +1,70 @@
+"""What `tunecraft eval` prints: the comparison table, the verdicts and where the report is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def comparison_table(payload: dict[str, Any]) -> Table:
+    kind = payload["answer_kind"]
+    main = payload["main_metric"]
+    table = Table(title=f"{payload['examples']} held-out examples from {payload['data']}", title_justify="left")
+    table.add_column("system", style="bold")
+    table.add_column(f"{main} [95% CI]", justify="right")
+    for header in ["exact", "token F1", "ROUGE-L"]:
+        table.add_column(header, justify="right")
+    if kind["kind"] == "json":
+        table.add_column("valid JSON", justify="right")
+    if kind["labels"]:
+        table.add_column("macro-F1", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("ppl", justify="right")
+    for name, s in payload["systems"].items():
+        m, iv = s["metrics"], s["main"]
+        row = [name, f"{iv['mean']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]",
+               _f(m["exact_match"]), _f(m["token_f1"]), _f(m["rouge_l"])]
+        if kind["kind"] == "json":
+            row.append(_f(m.get("valid_json_rate")))
+        if kind["labels"]:
+            row.append(_f(m.get("macro_f1")))
+        row += [_f(s["loss"]), _f(s["perplexity"], 2)]
+        table.add_row(*row, style="magenta" if name == "tuned" else None)
+    return table
+
+
+def print_eval(payload: dict[str, Any], console: Console) -> None:
+    console.print(comparison_table(payload))
+    comp = payload["comparison"]
+    for name, d in comp["diff"].items():
+        mark = "[green]beyond the interval[/]" if comp["beyond_interval"][name] else "[yellow]within the interval[/]"
+        console.print(f"  tuned - {name}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {mark}", highlight=False)
+    flips = comp["flips"]
+    if flips.get("against"):
+        console.print(f"  against {flips['against']}: tuning fixed {len(flips['fixed'])} and broke "
+                      f"{len(flips['broken'])} examples", highlight=False)
+    print_verdict(payload["verdict"], console)
+    ship = payload["ship"]
+    console.print(f"[bold {'green' if ship['ship'] else 'red'}]{ship['line']}[/]", highlight=False)
+    if payload.get("report"):
+        console.print(f"  report: {payload['report']}", highlight=False)
+
+
+def print_verdict(verdict: dict[str, Any], console: Console) -> None:
+    """The overfitting verdict (also printed by `train` at the end)."""
+    colour = {"healthy": "green", "underfitting": "yellow"}.get(verdict["status"], "red")
+    console.print(f"  [bold {colour}]{verdict['message']}[/]", highlight=False)
+    rec = verdict.get("recommended") or {}
+    if rec:
+        console.print(f"  recommended: step {rec['step']} ({rec.get('checkpoint') or rec['path']}): "
+                      f"{rec['reason']}", highlight=False)
+    if verdict.get("suggestions"):
+        console.print("  try: " + "; ".join(verdict["suggestions"]), highlight=False)
+    for note in verdict.get("notes") or []:
+        console.print(f"  note: {note}", highlight=False)

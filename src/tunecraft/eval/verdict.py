@@ -1,0 +1,250 @@
+"""Verdicts: is the run healthy, underfitting, overfitting or memorizing? And should it ship?
+
+The overfitting verdict reads only the curves in `metrics.jsonl` (train loss per step,
+validation loss per eval), so `train` can print it the moment it ends and `eval` can refine it.
+The ship verdict combines it with the evaluation: the tuned model must beat every baseline
+beyond the bootstrap interval of the paired difference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tunecraft.eval.bootstrap import Interval
+from tunecraft.train.runlog import read_jsonl
+
+Status = Literal["healthy", "underfitting", "overfitting", "memorizing", "unknown"]
+
+# Validation loss has "turned" when its last value is this much above its minimum, relative...
+RISE_REL = 0.05
+# ...and absolute (nats/token): tiny losses make relative changes noisy.
+RISE_ABS = 0.01
+# Training loss this low (nats/token) means the model reproduces its training answers verbatim.
+NEAR_ZERO = 0.05
+# Still learning fast at the end: the last evaluation improved validation loss by this much.
+STILL_FALLING = 0.03
+# Training loss that fell by less than this share did not learn much.
+BARELY_MOVED = 0.10
+
+
+@dataclass
+class Verdict:
+    status: Status
+    message: str  # one line, for the terminal and the report
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    final_val_loss: float | None = None
+    final_train_loss: float | None = None
+    onset_step: int | None = None  # overfitting/memorizing: the step where validation turned
+    onset_epoch: float | None = None
+    recommended: dict[str, Any] = field(default_factory=dict)  # step, path, reason
+    suggestions: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The few config values the suggestions quote (all optional)."""
+
+    method: str | None = None
+    lr: float | None = None
+    epochs: float | None = None
+    lora_r: int | None = None
+
+
+def _smoothed_tail(values: list[float]) -> float:
+    """Mean of the last ~10% (1 to 5) of values: one noisy step should not decide."""
+    n = max(1, min(5, len(values) // 10))
+    return sum(values[-n:]) / n
+
+
+def _smoothed_head(values: list[float]) -> float:
+    n = max(1, min(5, len(values) // 10))
+    return sum(values[:n]) / n
+
+
+def _epoch_at(train_rows: list[dict[str, Any]], step: int) -> float | None:
+    for row in train_rows:
+        if int(row.get("step", -1)) == step and "epoch" in row:
+            return float(row["epoch"])
+    return None
+
+
+def _classify(train: list[float], evals: list[tuple[int, float]]) -> tuple[Status, int]:
+    """Status and the index of the best evaluation."""
+    best_i = min(range(len(evals)), key=lambda i: evals[i][1])  # first minimum
+    best, final = evals[best_i][1], evals[-1][1]
+    rise = final - best
+    if best_i < len(evals) - 1 and rise > RISE_ABS and rise > RISE_REL * abs(best):
+        near_zero = bool(train) and _smoothed_tail(train) < NEAR_ZERO
+        return ("memorizing" if near_zero else "overfitting"), best_i
+    if best_i == len(evals) - 1:
+        still_falling = len(evals) >= 2 and evals[-2][1] - final > STILL_FALLING * abs(evals[-2][1])
+        barely_moved = bool(train) and _smoothed_tail(train) > (1 - BARELY_MOVED) * _smoothed_head(train)
+        if still_falling or barely_moved:
+            return "underfitting", best_i
+    return "healthy", best_i
+
+
+def _suggestions(status: Status, s: RunSettings, onset_epoch: float | None) -> list[str]:
+    lora = s.method == "lora"
+    if status in ("overfitting", "memorizing"):
+        out = []
+        if onset_epoch is not None:
+            out.append(f"fewer epochs: validation loss turned at epoch {onset_epoch:.2f} "
+                       f"(try train.epochs={max(1, math.ceil(onset_epoch))})")
+        else:
+            out.append("fewer epochs")
+        out.append(f"a lower learning rate (train.lr={s.lr / 2:g})" if s.lr else "a lower learning rate")
+        out.append("more (or more varied) training data")
+        if lora:
+            out.append(f"a smaller LoRA rank (lora.r={max(1, s.lora_r // 2)})" if s.lora_r else "a smaller LoRA rank")
+        elif s.method == "full":
+            out.append("LoRA instead of full fine-tuning (far fewer trainable parameters)")
+        if status == "memorizing":
+            out.append("dropout on the adapters (lora.dropout=0.1)" if lora else "weight decay (train.weight_decay=0.1)")
+        return out
+    if status == "underfitting":
+        return [
+            f"more epochs (train.epochs={s.epochs * 2:g})" if s.epochs else "more epochs",
+            f"a higher learning rate (train.lr={s.lr * 2:g})" if s.lr else "a higher learning rate",
+            *([f"a larger LoRA rank (lora.r={s.lora_r * 2})"] if lora and s.lora_r else []),
+        ]
+    return []
+
+
+def _recommend(best_step: int, final_step: int, best_val: float, checkpoints: set[int]) -> dict[str, Any]:
+    path = "model/"
+    if best_step == final_step:
+        reason = f"the final step {best_step} has the lowest validation loss ({best_val:.4f})"
+    else:
+        reason = (f"lowest validation loss ({best_val:.4f}); model/ already holds this step, "
+                  f"not the final step {final_step}")
+    ckpt = f"checkpoints/step-{best_step:06d}" if best_step in checkpoints else None
+    return {"step": best_step, "path": path, "checkpoint": ckpt, "reason": reason}
+
+
+def _message(status: Status, v: Verdict) -> str:
+    if status == "overfitting":
+        return (f"overfitting: validation loss turned at step {v.onset_step} ({v.best_val_loss:.4f}) "
+                f"and rose to {v.final_val_loss:.4f} while training loss kept falling")
+    if status == "memorizing":
+        return (f"memorizing: training loss is near zero ({v.final_train_loss:.4f}) while validation "
+                f"loss rose from {v.best_val_loss:.4f} (step {v.onset_step}) to {v.final_val_loss:.4f}")
+    if status == "underfitting":
+        return (f"underfitting: validation loss was still falling at the end ({v.final_val_loss:.4f}); "
+                "the model has more to learn")
+    return (f"healthy: validation loss reached {v.best_val_loss:.4f} at step {v.best_step} "
+            f"and did not turn up")
+
+
+def overfitting_verdict(
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    settings: RunSettings = RunSettings(),
+    checkpoints: set[int] | None = None,
+) -> Verdict:
+    """The verdict from metric rows ("train": step, loss[, epoch]; "eval": step, val_loss)."""
+    evals = [(int(r["step"]), float(r["val_loss"])) for r in eval_rows
+             if r.get("val_loss") is not None and math.isfinite(float(r["val_loss"]))]
+    train = [float(r["loss"]) for r in train_rows if r.get("loss") is not None]
+    if not evals:
+        return Verdict("unknown", "no validation evaluations were recorded; cannot judge the curves",
+                       final_train_loss=_smoothed_tail(train) if train else None)
+    status, best_i = _classify(train, evals)
+    v = Verdict(
+        status, "",
+        best_step=evals[best_i][0],
+        best_val_loss=evals[best_i][1],
+        final_val_loss=evals[-1][1],
+        final_train_loss=_smoothed_tail(train) if train else None,
+    )
+    if status in ("overfitting", "memorizing"):
+        v.onset_step = v.best_step
+        v.onset_epoch = _epoch_at(train_rows, evals[best_i][0])
+    v.message = _message(status, v)
+    v.recommended = _recommend(evals[best_i][0], evals[-1][0], evals[best_i][1], checkpoints or set())
+    v.suggestions = _suggestions(status, settings, v.onset_epoch)
+    return v
+
+
+def run_verdict(run_dir: Path) -> Verdict:
+    """The overfitting verdict of a run directory (metrics.jsonl, config.yaml, checkpoints/)."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    settings = RunSettings()
+    if (run_dir / "config.yaml").is_file():
+        from tunecraft.config import load_config
+
+        cfg = load_config(run_dir / "config.yaml")
+        settings = RunSettings(cfg.train.method, cfg.train.lr, cfg.train.epochs, cfg.lora.r)
+    ckpt_dir = run_dir / "checkpoints"
+    steps = set()
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if p.name.startswith("step-") and p.name[5:].isdigit():
+                steps.add(int(p.name[5:]))
+    return overfitting_verdict(
+        [r for r in rows if r.get("type") == "train"],
+        [r for r in rows if r.get("type") == "eval"],
+        settings,
+        steps,
+    )
+
+
+# ----------------------------------------------------------------------------- ship
+
+
+@dataclass(frozen=True)
+class ShipVerdict:
+    ship: bool
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ship": self.ship, "line": self.line}
+
+
+def ship_verdict(
+    metric: str,
+    tuned: Interval,
+    baselines: dict[str, tuple[Interval, Interval]],
+    curves: Verdict | None,
+) -> ShipVerdict:
+    """Ship when the tuned model beats every baseline beyond the paired interval.
+
+    `baselines` maps a name to (its own interval, interval of tuned minus it on the same
+    examples). Memorizing blocks shipping: the held-out win may not survive new phrasing.
+    """
+    losing = [(name, own, diff) for name, (own, diff) in baselines.items() if diff.low <= 0]
+    if losing:
+        name, own, diff = max(losing, key=lambda item: item[1].mean)
+        return ShipVerdict(False, (
+            f"do not ship: the tuned model's {metric} ({tuned.mean:.3f}) is not better than {name} "
+            f"({own.mean:.3f}) beyond the 95% interval (difference {diff.mean:+.3f}, "
+            f"[{diff.low:+.3f}, {diff.high:+.3f}]){_remedy(curves)}"
+        ))
+    beaten = ", ".join(f"{n} {own.mean:.3f}" for n, (own, _) in baselines.items()) or "no baseline evaluated"
+    if curves is not None and curves.status == "memorizing":
+        return ShipVerdict(False, (
+            f"do not ship yet: the tuned model wins on {metric} ({tuned.mean:.3f} vs {beaten}) but "
+            "training memorized its data; retrain with more data or fewer epochs and re-evaluate"
+        ))
+    caveat = ""
+    if curves is not None and curves.status == "overfitting":
+        caveat = f"; model/ holds step {curves.best_step}, before overfitting began"
+    elif curves is not None and curves.status == "underfitting":
+        caveat = "; more training would likely improve it further"
+    return ShipVerdict(True, (
+        f"ship: the tuned model's {metric} is {tuned.mean:.3f} [{tuned.low:.3f}, {tuned.high:.3f}] "
+        f"vs {beaten}, better beyond the 95% interval{caveat}"
+    ))
+
+
+def _remedy(curves: Verdict | None) -> str:
+    if curves is None or not curves.suggestions:
+        return "; try more data, a better prompt, or a different base model"
+    return "; try " + curves.suggestions[0]
