@@ -25,7 +25,7 @@ from tunecraft.data.prepare import write_split
 from tunecraft.errors import TunecraftError
 from tunecraft.models.load import load_model
 from tunecraft.train import checkpoint as ckpt
-from tunecraft.train.deliver import save_deliverable
+from tunecraft.train import distributed
 from tunecraft.train.loss import compute_loss
 from tunecraft.train.lora import apply_lora, trainable_counts
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
@@ -123,15 +123,16 @@ def evaluate(model: Any, plan: Plan, rt: Runtime) -> tuple[float, float]:
     was_training = model.training
     model.eval()
     total, correct, count = 0.0, 0, 0
-    indices = list(range(len(plan.val)))
+    indices = distributed.shard(list(range(len(plan.val))), rt)  # each rank its share
     per = max(1, (plan.cfg.train.micro_batch_size or 1) * 2)
+    batches = [b for at in range(0, len(indices), per) for b in _micro_batches(plan, indices[at : at + per], plan.val)]
     with _autocast(rt, plan.cfg.train.method):
-        for start in range(0, len(indices), per):
-            for batch in _micro_batches(plan, indices[start : start + per], plan.val):
-                out = compute_loss(model, batch.to(rt.device), plan.cfg.train.engine, with_accuracy=True)
-                total += float(out.loss_sum)
-                correct += int(out.n_correct)
-                count += batch.n_loss
+        for batch in distributed.even_out(model, batches, rt):
+            out = distributed.loss(model, batch.to(rt.device), plan.cfg.train.engine, compute_loss, True)
+            total += float(out.loss_sum)
+            correct += int(out.n_correct)
+            count += batch.n_loss
+    total, correct, count = distributed.all_sum([total, correct, count], rt)
     model.train(was_training)
     if count == 0:
         return math.nan, math.nan
@@ -150,17 +151,19 @@ def train_step(
     tokens of the *whole step*, so gradients equal those of one big batch. A non-finite
     loss or gradient raises before the optimizer touches the weights.
     """
-    n_loss = sum(b.n_loss for b in batches)
+    # With several ranks, `batches` is this rank's share and the divisor counts every rank's.
+    (n_loss,) = distributed.all_sum([sum(b.n_loss for b in batches)], rt)
     total = 0.0
     with _autocast(rt, plan.cfg.train.method):
-        for batch in batches:
-            out = compute_loss(model, batch.to(rt.device), plan.cfg.train.engine)
+        for batch in distributed.even_out(model, batches, rt):
+            out = distributed.loss(model, batch.to(rt.device), plan.cfg.train.engine, compute_loss)
             (out.loss_sum / max(1, n_loss)).backward()
             total += float(out.loss_sum.detach())
+    (total,) = distributed.all_sum([total], rt)
     loss = total / max(1, n_loss)
+    distributed.reduce_gradients(model, rt)  # before clipping: the norm is the global one
     params = [p for p in model.parameters() if p.requires_grad]
-    clip = plan.cfg.train.grad_clip
-    norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf))
+    norm = distributed.clip_grad_norm(params, plan.cfg.train.grad_clip)
     if not math.isfinite(loss) or not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingFailed(
@@ -227,12 +230,13 @@ def _restore(plan: Plan, model: Any, optimizer: torch.optim.Optimizer, log: RunL
     if not checkpoints:
         log.event("resume", "no complete checkpoint found: starting from step 0")
         return _State()
-    saved = ckpt.load_checkpoint(checkpoints[-1], model, optimizer)
+    saved = distributed.load_checkpoint(checkpoints[-1], model, optimizer)
     st = _State(step=int(saved["step"]))
     for key, value in saved.items():
         if key in _State.__dataclass_fields__ and key != "step":
             setattr(st, key, math.inf if value is None and key == "best_val_loss" else value)
-    _truncate_logs(plan.run_dir, st.step)
+    if log.enabled:  # rank 0 owns the run directory's logs
+        _truncate_logs(plan.run_dir, st.step)
     log.event("resume", f"resumed from {checkpoints[-1].name}", step=st.step)
     return st
 
@@ -243,6 +247,7 @@ def _restore(plan: Plan, model: Any, optimizer: torch.optim.Optimizer, log: RunL
 def build(cfg: RunConfig, on_status: Any = None) -> tuple[Plan, Runtime]:
     plan = make_plan(cfg, on_status=on_status)
     rt = setup_runtime(plan.cfg.train.precision, plan.cfg.train.deterministic, plan.cfg.train.threads)
+    distributed.agree_run_dir(plan, rt)
     return plan, rt
 
 
@@ -257,7 +262,8 @@ def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
     times = []
     for indices in schedule:
         t0 = time.time()
-        train_step(model, optimizer, _micro_batches(plan, indices, plan.train), plan, rt)
+        share = distributed.shard(indices, rt)
+        train_step(model, optimizer, _micro_batches(plan, share, plan.train) if share else [], plan, rt)
         times.append(time.time() - t0)
     warm = sorted(times[1:]) or times  # the first step pays one-time costs
     return warm[len(warm) // 2]
@@ -274,10 +280,11 @@ def train(
     if plan is None or rt is None:
         plan, rt = build(cfg, on_status=console.print if console else None)
     run_dir = plan.run_dir
-    _prepare_run_dir(plan, resume)
+    distributed.on_main(lambda: _prepare_run_dir(plan, resume), rt)
     log = RunLog(run_dir, enabled=rt.is_main)
     seed_everything(plan.cfg.train.seed)
     model = _build_model(plan, rt)
+    model = distributed.prepare_model(model, plan.cfg.train.sharding, rt)  # before the optimizer sees it
     fused = not plan.cfg.train.deterministic
     optimizer = build_optimizer(
         (p for p in model.parameters() if p.requires_grad),
@@ -306,6 +313,10 @@ def train(
     if status in ("finished", "early_stopped"):
         log.event(status, message, step=st.step)
     summary = _summary(plan, st, status, message)
+    if rt.is_main:  # the curves are on disk now: judge them (healthy / under- / overfitting)
+        from tunecraft.eval.verdict import run_verdict
+
+        summary["verdict"] = run_verdict(run_dir).to_json()
     log.summary(summary)
     return RunResult(run_dir, status, summary, model)
 
@@ -328,13 +339,19 @@ def _run_steps(
     for step_idx in range(st.step, plan.total_steps):
         lr = (tc.lr or 1e-4) * lr_factor(step_idx, plan.total_steps, warmup, tc.schedule)
         set_lr(optimizer, lr)
-        batches = _micro_batches(plan, steps[step_idx], plan.train)
+        share = distributed.shard(steps[step_idx], rt)  # this rank's examples of the step
+        batches = _micro_batches(plan, share, plan.train) if share else []
         t0 = time.time()
         loss, norm = train_step(model, optimizer, batches, plan, rt)
         dt_step = time.time() - t0
         st.step = step_idx + 1
-        st.tokens += sum(b.n_loss for b in batches)
-        n_tok = sum(b.n_tokens for b in batches)
+        # Every rank's counts, and one stop vote so that all ranks stop (and checkpoint) together.
+        n_loss, n_tok, votes = distributed.all_sum(
+            [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches), stop.received is not None], rt
+        )
+        stopping = votes > 0
+        st.tokens += int(n_loss)
+        n_tok = int(n_tok)
         st.tokens_seen += n_tok
         st.last_train_loss = loss
         st.elapsed_s = time.time() - t_start
@@ -348,12 +365,12 @@ def _run_steps(
         stopped_early = False
         if st.step % (tc.eval_every or 1) == 0 or last:
             stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
-        if st.step % (tc.save_every or 1) == 0 or last or stopped_early or stop.received:
+        if st.step % (tc.save_every or 1) == 0 or last or stopped_early or stopping:
             st.elapsed_s = time.time() - t_start
-            path = ckpt.save_checkpoint(
+            path = distributed.save_checkpoint(
                 plan.run_dir / "checkpoints", st.step, model, optimizer, _state_dict(st),
-                tc.keep_checkpoints, protect={st.best_step},
-            ) if rt.is_main else None
+                tc.keep_checkpoints, {st.best_step}, rt,
+            )
             if path is not None:
                 log.event("checkpoint", f"saved {path.name}", step=st.step)
         if stopped_early:
@@ -361,8 +378,8 @@ def _run_steps(
                 f"validation loss did not improve for {tc.patience} evaluations; best step "
                 f"{st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
             )
-        if stop.received:
-            name = signal.Signals(stop.received).name
+        if stopping:
+            name = signal.Signals(stop.received).name if stop.received else "stop signal on another rank"
             msg = f"{name} received: stopped at step {st.step}; resume with --resume"
             log.event("interrupted", msg, step=st.step)
             return "interrupted", msg
@@ -381,8 +398,7 @@ def _eval_and_keep_best(
     progress.note(f"step {st.step}: val loss {val_loss:.4f}, token accuracy {val_acc:.3f}")
     if val_loss < st.best_val_loss:
         st.best_val_loss, st.best_step, st.bad_evals = val_loss, st.step, 0
-        if rt.is_main:
-            save_deliverable(model, plan.tokenizer, plan.run_dir / "model", plan.cfg.train.method)
+        distributed.save_model(model, plan.tokenizer, plan.run_dir / "model", plan.cfg.train.method, rt)
         return False
     st.bad_evals += 1
     patience = plan.cfg.train.patience

@@ -57,6 +57,10 @@ def print_outcome(summary: dict[str, Any], run_dir: Any, console: Console) -> No
             f"final train loss {summary['final_train_loss']:.4f}; {summary['wall_s']:.0f} s, "
             f"{summary['tokens_per_s'] or 0:,.0f} tokens/s"
         )
+    if summary.get("verdict"):
+        from tunecraft.eval.show import print_verdict
+
+        print_verdict(summary["verdict"], console)
     console.print(f"  run directory: {run_dir}")
     console.print(f"  chat with it:  tunecraft chat {run_dir}")
     console.print(f"  serve it:      tunecraft serve {run_dir}")
