@@ -82,6 +82,9 @@ def data_show(
     show_examples(data, model=model, n=n, max_length=max_length, console=console)
 
 
+_DIST = "Several processes or machines (torchrun)"
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     args: Annotated[
@@ -102,17 +105,35 @@ def train(
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and a measured time estimate; train nothing.")] = False,
+    sharding: Annotated[Optional[str], typer.Option("--sharding", help="ddp (default: model replicated) or fsdp (sharded).", rich_help_panel=_DIST)] = None,
+    nproc_per_node: Annotated[Optional[str], typer.Option("--nproc-per-node", help="Processes on this machine (one per GPU); runs under torchrun.", rich_help_panel=_DIST)] = None,
+    nnodes: Annotated[Optional[str], typer.Option("--nnodes", help="Machines taking part (torchrun).", rich_help_panel=_DIST)] = None,
+    node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This machine's rank (torchrun, static rendezvous).", rich_help_panel=_DIST)] = None,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option("--rdzv-endpoint", help="HOST:PORT where the machines meet (torchrun).", rich_help_panel=_DIST)] = None,
+    rdzv_id: Annotated[Optional[str], typer.Option("--rdzv-id", help="Job id shared by all machines (torchrun).", rich_help_panel=_DIST)] = None,
+    rdzv_backend: Annotated[Optional[str], typer.Option("--rdzv-backend", help="Rendezvous backend, e.g. c10d (torchrun).", rich_help_panel=_DIST)] = None,
+    rdzv_conf: Annotated[Optional[str], typer.Option("--rdzv-conf", help="Rendezvous options key=value,... (torchrun).", rich_help_panel=_DIST)] = None,
+    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Rank 0's address (torchrun, static rendezvous).", rich_help_panel=_DIST)] = None,
+    master_port: Annotated[Optional[int], typer.Option("--master-port", help="Rank 0's port (torchrun, static rendezvous).", rich_help_panel=_DIST)] = None,
 ) -> None:
     """Fine-tune a model (LoRA or full) and write a run directory."""
     from tunecraft.train.entry import run_train
+    from tunecraft.train.launch import launcher_args, relaunch
 
+    launcher = launcher_args({
+        "--nproc-per-node": nproc_per_node, "--nnodes": nnodes, "--node-rank": node_rank,
+        "--rdzv-endpoint": rdzv_endpoint, "--rdzv-id": rdzv_id, "--rdzv-backend": rdzv_backend,
+        "--rdzv-conf": rdzv_conf, "--master-addr": master_addr, "--master-port": master_port,
+    })
+    if launcher:
+        raise typer.Exit(relaunch(launcher, sys.argv[1:]))
     code = run_train(
         args or [],
         {
             "model.name": model, "data.train": data, "data.val": val, "train.method": method,
             "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
             "data.max_length": max_length, "train.batch_size": batch_size, "train.seed": seed,
-            "train.engine": engine, "train.out": out,
+            "train.engine": engine, "train.out": out, "train.sharding": sharding,
         },
         resume=resume,
         dry_run=dry_run,

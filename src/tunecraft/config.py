@@ -74,7 +74,10 @@ class TrainConfig(_Section):
         "fast", description="'fast' (packing, chunked loss, compiled) or 'reference' (plain, for checking)."
     )
     compile: bool | None = Field(None, description="torch.compile the model (auto: on for long runs).")
-    threads: int | None = Field(None, ge=1, description="CPU threads (auto: one per physical core).")
+    threads: int | None = Field(None, ge=1, description="CPU threads per process (auto: physical cores / local processes).")
+    sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Multi-process mode: 'ddp' replicates the model, 'fsdp' shards it (FSDP2) for larger models."
+    )
     out: str | None = Field(None, description="Run directory (default: runs/<timestamp>).")
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,7 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
+def _optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, state in sd["state"].items():
@@ -76,7 +76,10 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, tor
 
 
 def _optimizer_from_files(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -84,7 +87,8 @@ def _optimizer_from_files(
         state.setdefault(int(idx), {})[name] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sd = {"state": state, "param_groups": meta["param_groups"]}
+    optimizer.load_state_dict(adapt(sd) if adapt is not None else sd)
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -111,15 +115,21 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     protect: set[int] | None = None,
+    trainable: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically; prune old ones but keep the newest `keep` and `protect`."""
+    """Write checkpoint `step` atomically; prune old ones but keep the newest `keep` and `protect`.
+
+    `trainable` and `optimizer_state`, when given, replace the model's and optimizer's own
+    (sharded training passes them gathered whole, so every checkpoint has one format).
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    save_file(trainable if trainable is not None else trainable_state(model), str(tmp / "trainable.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_files(optimizer_state if optimizer_state is not None else optimizer.state_dict())
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
     save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
@@ -163,16 +173,25 @@ def prune(root: Path, keep: int, protect: set[int]) -> None:
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    load_weights: Callable[[torch.nn.Module, dict[str, torch.Tensor]], None] = load_trainable,
+    adapt_optimizer_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG from `path`; returns its state.json."""
+    """Restore weights, optimizer and RNG from `path`; returns its state.json.
+
+    `load_weights` and `adapt_optimizer_state` let sharded training place whole tensors
+    into its shards.
+    """
     if not (path / COMPLETE).is_file():
         raise ValueError(f"{path}: incomplete checkpoint (no {COMPLETE} marker)")
-    load_trainable(model, load_file(str(path / "trainable.safetensors")))
+    load_weights(model, load_file(str(path / "trainable.safetensors")))
     _optimizer_from_files(
         optimizer,
         load_file(str(path / "optimizer.safetensors")),
         json.loads((path / "optimizer.json").read_text(encoding="utf-8")),
+        adapt_optimizer_state,
     )
     _restore_rng(load_file(str(path / "rng.safetensors")))
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))

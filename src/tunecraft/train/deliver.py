@@ -14,14 +14,18 @@ from typing import Any
 from tunecraft.train.loss import unwrap
 
 
-def save_deliverable(model: Any, tokenizer: Any, out: Path, method: str) -> None:
+def save_deliverable(
+    model: Any, tokenizer: Any, out: Path, method: str, state_dict: dict[str, Any] | None = None
+) -> None:
+    """`state_dict`, when given, is saved instead of the model's own (sharded training gathers it)."""
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    extra = {} if state_dict is None else {"state_dict": state_dict}
     if method == "lora":
-        model.save_pretrained(str(tmp), safe_serialization=True)  # adapter only
+        model.save_pretrained(str(tmp), safe_serialization=True, **extra)  # adapter only
     else:
         inner = unwrap(model)
-        inner.save_pretrained(str(tmp), safe_serialization=True)
+        inner.save_pretrained(str(tmp), safe_serialization=True, **extra)
     tokenizer.save_pretrained(str(tmp))
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
     if out.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +45,32 @@ def resolve_config(args: list[str], values: dict[str, Any], resume: bool) -> Run
 def run_train(
     args: list[str], values: dict[str, Any], resume: bool, dry_run: bool, console: Console
 ) -> int:
-    """Returns the process exit code: 0 done, 1 failed, 130 interrupted (resumable)."""
+    """Returns the process exit code: 0 done, 1 failed, 130 interrupted (resumable).
+
+    Under torchrun every rank runs this; only rank 0 prints (errors still print on any rank).
+    """
     import transformers
 
+    from tunecraft.train import distributed
     from tunecraft.train.loop import build, measure_step_time, train
     from tunecraft.train.show import print_outcome, print_plan
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    if int(os.environ.get("RANK", "0")) != 0:
+        console = Console(quiet=True)
     cfg = resolve_config(args, values, resume)
     plan, rt = build(cfg, on_status=console.print)
+    # On an error the process group is left as is: another rank may still be inside a
+    # collective, and exiting (torchrun then stops the others) releases everything.
     if dry_run:
         step_s = measure_step_time(plan, rt)
+        distributed.shutdown()
         print_plan(plan, console, step_s=step_s)
         return 0
     if not resume:
         print_plan(plan, console)
     result = train(plan.cfg, resume=resume, console=console, plan=plan, rt=rt)
+    distributed.shutdown()
     print_outcome(result.summary, result.run_dir, console)
     return 130 if result.status == "interrupted" else 0

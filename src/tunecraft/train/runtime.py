@@ -85,8 +85,12 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_runtime(precision: str, deterministic: bool, threads: int | None) -> Runtime:
+    """Device, dtype and threads; joins the process group when launched by torchrun."""
+    from tunecraft.train import distributed
+
     device = pick_device()
-    n_threads = threads or physical_cores()
+    # N processes on one machine share its cores: one thread each per physical core.
+    n_threads = threads or max(1, physical_cores() // distributed.local_world_size())
     if device.type == "cpu":
         torch.set_num_threads(n_threads)
     if deterministic:
@@ -95,4 +99,5 @@ def setup_runtime(precision: str, deterministic: bool, threads: int | None) -> R
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    distributed.init(device)
     return Runtime(device, pick_dtype(precision, device, deterministic), n_threads, rank, world, local)
