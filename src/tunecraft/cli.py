@@ -211,6 +211,67 @@ def demo(
     raise typer.Exit(run_demo(console, out))
 
 
+@app.command("eval")
+def eval_run(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `tunecraft train`.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Held-out test data (never trained on).")],
+    baselines: Annotated[
+        Optional[str], typer.Option("--baselines", help="Comma-separated: base,prompted (empty: none).")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate at most N examples.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget per answer.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Generation batch size.")] = None,
+    few_shot: Annotated[Optional[int], typer.Option("--few-shot", help="Few-shot examples in the prompted baseline.")] = None,
+    prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", help="Your own system prompt for the prompted baseline.")] = None,
+    checkpoint: Annotated[
+        Optional[list[str]], typer.Option("--checkpoint", help="Also evaluate this checkpoint (e.g. step-000040); repeatable.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print eval.json instead of the table.")] = False,
+) -> None:
+    """Compare base, prompt-engineered and tuned models on held-out data; verdicts and HTML report."""
+    from tunecraft.eval.evaluate import evaluate_run, options_for
+    from tunecraft.eval.show import print_eval
+
+    names = None if baselines is None else [b.strip() for b in baselines.split(",") if b.strip()]
+    opts = options_for(
+        run_dir, data, baselines=names, limit=limit, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, few_shot=few_shot, prompt_file=prompt_file, checkpoints=checkpoint,
+    )
+    payload = evaluate_run(run_dir, opts, on_status=err_console.print)
+    if as_json:
+        print(json.dumps(payload, indent=1))
+    else:
+        print_eval(payload, console)
+
+
+@app.command()
+def sweep(
+    args: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="[CONFIG.yaml] and grid axes key=v1,v2 (e.g. lr=1e-4,3e-4 epochs=1,3 r=8,16).", show_default=False),
+    ] = None,
+    grid: Annotated[
+        Optional[list[str]], typer.Option("--grid", help="A grid axis key=v1,v2 (more may follow as arguments).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Sweep directory (one run dir per variant).")] = None,
+) -> None:
+    """Train a small grid of variants and rank them by validation loss (table + sweep.json)."""
+    import datetime as dt
+
+    from tunecraft.eval.sweep import run_sweep, sweep_table
+    from tunecraft.train.entry import split_args
+
+    config, axes = split_args(args or [])
+    out_dir = out or Path("runs") / f"sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    result = run_sweep(
+        config, [*(grid or []), *axes], out_dir, console=console,
+        on_variant=lambda i, n, v: console.rule(f"[bold]variant {i + 1}/{n}: {v.name}"),
+    )
+    console.print(sweep_table(result))
+    console.print(result["evidence"], highlight=False)
+    console.print(f"  sweep.json: {out_dir / 'sweep.json'}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: user errors print one clear message, never a stack trace."""
     try:
