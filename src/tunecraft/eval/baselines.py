@@ -94,24 +94,21 @@ def describe_task(answers: Sequence[str], kind: AnswerKind) -> str:
 def pick_shots(cases: Sequence[EvalCase], kind: AnswerKind, k: int, seed: int = 0) -> list[EvalCase]:
     """k diverse training cases: unseen labels first, then the answer least like those chosen.
 
-    Only single-turn, shorter-than-median cases are candidates: few-shot turns are paid for in
-    every prompt's length.
+    Single-turn cases are preferred, and among equally dissimilar ones the shortest: few-shot
+    turns are paid for in every prompt's length.
     """
     if k <= 0 or not cases:
         return []
-    lengths = sorted(len(c.prompt_text) + len(c.reference) for c in cases)
-    median = lengths[len(lengths) // 2]
-    pool = [c for c in cases if len(c.messages) == 1 and len(c.prompt_text) + len(c.reference) <= median]
-    pool = pool or list(cases)
+    pool = [c for c in cases if len(c.messages) == 1] or list(cases)
     rng = random.Random(seed)
     pool = rng.sample(pool, min(len(pool), CANDIDATES))
     chosen: list[EvalCase] = []
     labels: set[str] = set()
     while pool and len(chosen) < k:
-        def rank(c: EvalCase) -> tuple[bool, float]:
+        def rank(c: EvalCase) -> tuple[bool, float, int]:
             seen = kind.has_labels and read_label(c.reference, kind) in labels
             similarity = max((token_f1(c.reference, s.reference) for s in chosen), default=0.0)
-            return (seen, similarity)
+            return (seen, round(similarity, 1), len(c.prompt_text) + len(c.reference))
 
         best = min(pool, key=rank)  # min() keeps the first of ties: the seeded order decides
         pool.remove(best)
