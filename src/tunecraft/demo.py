@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from tunecraft.errors import TunecraftError
 
@@ -44,38 +43,19 @@ def demo_config(root: Path, out: Path) -> Any:
 
 
 def compare(run_dir: Path, test_path: Path, console: Console) -> dict[str, Any]:
-    """Held-out loss and a few answers, base vs tuned (both share the base weights in memory)."""
-    from tunecraft.data.loader import load_examples
-    from tunecraft.data.render import to_messages
-    from tunecraft.eval.heldout import heldout_loss, tokenize_for
-    from tunecraft.serve.engine import ModelCache, SamplingParams, generate_chat, load_target
-    from tunecraft.serve.rundir import read_run
+    """Base vs prompt-engineered vs tuned on held-out data (tunecraft eval, bounded for time)."""
+    from tunecraft.eval.evaluate import evaluate_run, options_for
+    from tunecraft.eval.show import print_eval
 
-    info = read_run(run_dir)
-    cache = ModelCache()
-    tuned = load_target(str(run_dir), cache=cache)
-    base = load_target(info.base_model, cache=cache)
-    test = load_examples(test_path)[:TEST_LIMIT]
-    losses = {
-        "base": heldout_loss(base, tokenize_for(base, test)),
-        "tuned": heldout_loss(tuned, tokenize_for(tuned, test)),
-    }
-    table = Table(title=f"held-out loss on {len(test)} test examples ({test_path.name})", title_justify="left")
-    for col in ("model", "loss", "perplexity", "token accuracy"):
-        table.add_column(col)
-    for name, res in losses.items():
-        table.add_row(name, f"{res.loss:.4f}", f"{res.perplexity:.2f}", f"{res.token_accuracy:.3f}")
-    console.print(table)
-    prompts = [[m for m in to_messages(e) if m["role"] != "assistant"] for e in test[:SHOW]]
-    params = SamplingParams(max_tokens=64)
-    before = generate_chat(base, prompts, params)
-    after = generate_chat(tuned, prompts, params)
-    for e, b, a in zip(test[:SHOW], before, after):
-        user = next(m.content for m in e.messages if m.role == "user")
-        console.print(f"[bold]user:[/] {user}", highlight=False)
-        console.print(f"  [dim]base :[/] {b.text.strip()}", highlight=False)
-        console.print(f"  [green]tuned:[/] {a.text.strip()}", highlight=False)
-    return {name: res.loss for name, res in losses.items()}
+    opts = options_for(run_dir, test_path, limit=TEST_LIMIT, max_new_tokens=64, batch_size=16)
+    payload = evaluate_run(run_dir, opts, on_status=console.print)
+    for case in payload["cases"][:SHOW]:
+        console.print(f"[bold]user:[/] {case['prompt']}", highlight=False)
+        for name, answer in case["answers"].items():
+            mark = "[green]✓[/]" if case["correct"][name] else "[red]✗[/]"
+            console.print(f"  {mark} [dim]{name:>8}:[/] {answer}", highlight=False)
+    print_eval(payload, console)
+    return payload
 
 
 def run_demo(console: Console, out: Path | None = None) -> int:
@@ -97,10 +77,8 @@ def run_demo(console: Console, out: Path | None = None) -> int:
     result = train(plan.cfg, console=console, plan=plan, rt=rt)
     print_outcome(result.summary, result.run_dir, console)
     console.rule("[bold]3. before and after, on held-out test data")
-    losses = compare(run_dir, root / "support" / "test.jsonl", console)
-    better = losses["tuned"] < losses["base"]
-    verdict = "lower" if better else "NOT lower"
-    console.print(f"tuned held-out loss {losses['tuned']:.4f} is {verdict} than the base model's {losses['base']:.4f}")
+    payload = compare(run_dir, root / "support" / "test.jsonl", console)
+    better = bool(payload["ship"]["ship"])
     console.rule("[bold]4. use it")
     console.print(f"  chat:   tunecraft chat {run_dir}")
     console.print(f"  serve:  tunecraft serve {run_dir}   (OpenAI-compatible API on http://127.0.0.1:8000/v1)")
