@@ -72,3 +72,11 @@ def test_ship_verdict() -> None:
     assert not no.ship and "prompted" in no.line and no.line.startswith("do not ship")
     memo = overfitting_verdict(_train([0.001] * 40), _evals([(10, 1.0), (20, 1.5)]))
     assert not ship_verdict("accuracy", tuned, good, memo).ship
+
+
+def test_converged_run_with_tiny_losses_is_healthy() -> None:
+    # the demo's shape: validation loss ~0.01 still improving by 10% relative, 0.001 absolute
+    train = _train([max(0.008, 2.0 * 0.85 ** i) for i in range(80)])
+    evals = _evals([(8, 1.45), (16, 0.52), (24, 0.15), (32, 0.052), (40, 0.055), (48, 0.021),
+                    (56, 0.0118), (64, 0.0106), (72, 0.0101), (80, 0.0098)])
+    assert overfitting_verdict(train, evals).status == "healthy"
