@@ -8,6 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 
+SHORT = {"accuracy": "acc", "token_f1": "F1"}  # column headers that fit an 80-column terminal
+
+
 def _f(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -16,25 +19,26 @@ def comparison_table(payload: dict[str, Any]) -> Table:
     kind = payload["answer_kind"]
     main = payload["main_metric"]
     table = Table(title=f"{payload['examples']} held-out examples from {payload['data']}", title_justify="left")
-    table.add_column("system", style="bold")
-    table.add_column(f"{main} [95% CI]", justify="right")
-    for header in ["exact", "token F1", "ROUGE-L"]:
+    table.caption = "exact: normalized exact match; F1: token F1; R-L: ROUGE-L; JSON: valid-JSON rate; mF1: macro-F1"
+    table.add_column("system", style="bold", no_wrap=True)
+    table.add_column(f"{SHORT.get(main, main)} [95% CI]", justify="right", no_wrap=True)
+    for header in ["exact", "F1", "R-L"]:
         table.add_column(header, justify="right")
     if kind["kind"] == "json":
-        table.add_column("valid JSON", justify="right")
+        table.add_column("JSON", justify="right")
     if kind["labels"]:
-        table.add_column("macro-F1", justify="right")
+        table.add_column("mF1", justify="right")
     table.add_column("loss", justify="right")
     table.add_column("ppl", justify="right")
     for name, s in payload["systems"].items():
         m, iv = s["metrics"], s["main"]
-        row = [name, f"{iv['mean']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]",
-               _f(m["exact_match"]), _f(m["token_f1"]), _f(m["rouge_l"])]
+        row = [name, f"{iv['mean']:.2f} [{iv['low']:.2f},{iv['high']:.2f}]",
+               _f(m["exact_match"], 2), _f(m["token_f1"], 2), _f(m["rouge_l"], 2)]
         if kind["kind"] == "json":
-            row.append(_f(m.get("valid_json_rate")))
+            row.append(_f(m.get("valid_json_rate"), 2))
         if kind["labels"]:
-            row.append(_f(m.get("macro_f1")))
-        row += [_f(s["loss"]), _f(s["perplexity"], 2)]
+            row.append(_f(m.get("macro_f1"), 2))
+        row += [_f(s["loss"]), _f(s["perplexity"], 1)]
         table.add_row(*row, style="magenta" if name == "tuned" else None)
     return table
 
