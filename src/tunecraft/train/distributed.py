@@ -25,7 +25,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,10 @@ import torch.distributed as dist
 from tunecraft.data.batching import Batch
 from tunecraft.data.render import IGNORE
 from tunecraft.errors import TunecraftError
+
+if TYPE_CHECKING:
+    from tunecraft.train.plan import Plan
+    from tunecraft.train.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -82,7 +86,7 @@ def active() -> bool:
     return dist.is_initialized()
 
 
-def _device(rt: Any) -> torch.device:
+def _device(rt: Runtime) -> torch.device:
     # nccl only moves CUDA tensors; gloo moves CPU ones.
     return rt.device if rt.device.type == "cuda" else torch.device("cpu")
 
@@ -90,7 +94,7 @@ def _device(rt: Any) -> torch.device:
 # ----------------------------------------------------------------------------- data and sums
 
 
-def shard(indices: list[int], rt: Any) -> list[int]:
+def shard(indices: list[int], rt: Runtime) -> list[int]:
     """This rank's share of a step's examples: every world_size-th, starting at its rank.
 
     Every rank computes the same step plan from the seed, so the union of the shards is the
@@ -99,7 +103,7 @@ def shard(indices: list[int], rt: Any) -> list[int]:
     return indices[rt.rank :: rt.world_size] if active() else indices
 
 
-def all_sum(values: list[float], rt: Any) -> list[float]:
+def all_sum(values: list[float], rt: Runtime) -> list[float]:
     """Element-wise sums over ranks (float64: token counts stay exact up to 2**53)."""
     if not active():
         return list(values)
@@ -108,12 +112,12 @@ def all_sum(values: list[float], rt: Any) -> list[float]:
     return t.tolist()
 
 
-def any_rank(flag: bool, rt: Any) -> bool:
+def any_rank(flag: bool, rt: Runtime) -> bool:
     """True on every rank when it is true on one (e.g. a stop signal reached only one rank)."""
     return all_sum([1.0 if flag else 0.0], rt)[0] > 0
 
 
-def broadcast_text(text: str, rt: Any) -> str:
+def broadcast_text(text: str, rt: Runtime) -> str:
     """Rank 0's string on every rank (bytes in a tensor: nothing is pickled)."""
     if not active():
         return text
@@ -125,7 +129,7 @@ def broadcast_text(text: str, rt: Any) -> str:
     return bytes(buf.cpu().tolist()).decode("utf-8")
 
 
-def on_main(fn: Callable[[], T], rt: Any) -> T | None:
+def on_main(fn: Callable[[], T], rt: Runtime) -> T | None:
     """Run `fn` on rank 0 only; if it fails there, every rank fails instead of waiting forever.
 
     Rank 0 re-raises its own error (the message users see); the others raise a short one.
@@ -182,7 +186,7 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return best
 
 
-def prepare_model(model: torch.nn.Module, sharding: str, rt: Any) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, sharding: str, rt: Runtime) -> torch.nn.Module:
     """Make the replicas start equal (ddp) or shard the model (fsdp); returns the same model."""
     if not active():
         return model
@@ -193,7 +197,7 @@ def prepare_model(model: torch.nn.Module, sharding: str, rt: Any) -> torch.nn.Mo
     return model
 
 
-def broadcast_trainable(model: torch.nn.Module, rt: Any) -> None:
+def broadcast_trainable(model: torch.nn.Module, rt: Runtime) -> None:
     """Rank 0's trainable weights on every rank (as DDP does at construction): every rank loads
     and seeds identically, but a replica that starts different would silently diverge."""
     for p in model.parameters():
@@ -201,22 +205,22 @@ def broadcast_trainable(model: torch.nn.Module, rt: Any) -> None:
             dist.broadcast(p.data, src=0)
 
 
-def _shard_fsdp(model: torch.nn.Module, rt: Any) -> None:
+def _shard_fsdp(model: torch.nn.Module, rt: Runtime) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dtypes = {p.dtype for p in model.parameters()}
     # FSDP all-gathers one flat buffer per unit: mixed dtypes (LoRA: bf16 base, fp32 adapters)
     # need one gather dtype; gradients are still reduced in fp32.
     mp = MixedPrecisionPolicy(param_dtype=rt.dtype, reduce_dtype=torch.float32) if len(dtypes) > 1 else MixedPrecisionPolicy()
-    for layer in _decoder_layers(model):
-        fully_shard(layer, mp_policy=mp)
+    units = [fully_shard(layer, mp_policy=mp) for layer in _decoder_layers(model)]
     root = _LossRoot(model)
-    fully_shard(root, mp_policy=mp)
-    # The loss is already divided by the global token count: gradients must be summed over
-    # ranks, not averaged (FSDP divides by the world size by default).
-    root.set_gradient_divide_factor(1.0)
-    for layer in _decoder_layers(model):
-        layer.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+    units.append(fully_shard(root, mp_policy=mp))
+    for unit in units:
+        # The loss is already divided by the global token count: gradients must be summed
+        # over ranks, not averaged (FSDP divides by the world size by default). Plain SUM
+        # collectives also work on gloo, which lacks NCCL's pre-multiplied sum.
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
     _FSDP_ROOTS[model] = root
 
 
@@ -238,7 +242,7 @@ def filler_batch(device: torch.device) -> Batch:
     return Batch(ids, labels, positions, torch.ones_like(ids), 0, 0)
 
 
-def even_out(model: torch.nn.Module, batches: list[Batch], rt: Any) -> list[Batch]:
+def even_out(model: torch.nn.Module, batches: list[Batch], rt: Runtime) -> list[Batch]:
     """Pad this rank's micro-batches with fillers to the largest count of any rank (fsdp only).
 
     FSDP gathers parameters in every forward, a collective that every rank must join, so all
@@ -250,7 +254,7 @@ def even_out(model: torch.nn.Module, batches: list[Batch], rt: Any) -> list[Batc
     return batches + [filler_batch(rt.device) for _ in range(most - len(batches))]
 
 
-def _max_count(n: int, rt: Any) -> int:
+def _max_count(n: int, rt: Runtime) -> int:
     t = torch.tensor([n], dtype=torch.int64, device=_device(rt))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
@@ -263,7 +267,7 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def reduce_gradients(model: torch.nn.Module, rt: Any) -> None:
+def reduce_gradients(model: torch.nn.Module, rt: Runtime) -> None:
     """ddp: sum every trainable gradient over ranks, once per step after accumulation.
 
     Each micro-batch's loss was divided by the *global* loss-bearing token count, so the sum
@@ -327,7 +331,16 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return sd if dist.get_rank() == 0 else None
+    if dist.get_rank() != 0:
+        return None
+    # Gathering copies tied parameters (embeddings = LM head) apart; share them again so that
+    # save_pretrained recognizes the tie and writes the tensor once, as one process would.
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first and name in sd and first[id(p)] in sd:
+            sd[name] = sd[first[id(p)]]
+        first.setdefault(id(p), name)
+    return sd
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
@@ -374,7 +387,7 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) 
 
 def save_checkpoint(
     root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    state: dict[str, Any], keep: int, protect: set[int], rt: Any,
+    state: dict[str, Any], keep: int, protect: set[int], rt: Runtime,
 ) -> Path | None:
     """Rank 0 writes the checkpoint (fsdp: from tensors every rank helped gather)."""
     from tunecraft.train import checkpoint as ckpt
@@ -390,7 +403,7 @@ def save_checkpoint(
     )
 
 
-def save_model(model: torch.nn.Module, tokenizer: Any, out: Path, method: str, rt: Any) -> None:
+def save_model(model: torch.nn.Module, tokenizer: Any, out: Path, method: str, rt: Runtime) -> None:
     """Rank 0 writes `model/` (fsdp: from the state dict gathered to it)."""
     from tunecraft.train.deliver import save_deliverable
 
@@ -410,7 +423,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     )
 
 
-def agree_run_dir(plan: Any, rt: Any) -> None:
+def agree_run_dir(plan: Plan, rt: Runtime) -> None:
     """Every rank uses rank 0's run directory (a default one is named after the start time,
     which may differ by a second between ranks)."""
     if active():

@@ -72,14 +72,19 @@ def relaunch(launcher: list[str], argv: list[str]) -> int:
     if "--nnodes" in launcher and "--rdzv-endpoint" not in launcher and "--master-addr" not in launcher:
         raise ConfigError("--nnodes needs --rdzv-endpoint HOST:PORT (or --master-addr) so the machines can meet")
     proc = subprocess.Popen(torchrun_command(launcher, strip_launcher_flags(argv)))
+    received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
         if signum == signal.SIGTERM:
             proc.send_signal(signum)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        code = proc.wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+    # torchrun itself exits 1 on a signal, after the workers checkpointed and stopped: report
+    # what a single process reports, "interrupted, resumable".
+    return 130 if received and code != 0 else code
