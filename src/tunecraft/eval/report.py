@@ -74,6 +74,9 @@ def loss_curves_png(rows: list[dict[str, Any]], verdict: dict[str, Any]) -> str:
     onset = verdict.get("onset_step")
     if onset is not None:
         ax.axvspan(onset, max(s for s, _ in val), color="#c44e52", alpha=0.08, label=f"overfitting from step {onset}")
+    losses = [v for _, v in train + val if v > 0]
+    if losses and max(losses) / min(losses) > 100:  # a long converged tail is flat on a linear axis
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)

@@ -38,7 +38,7 @@ def comparison_table(payload: dict[str, Any]) -> Table:
             row.append(_f(m.get("valid_json_rate"), 2))
         if kind["labels"]:
             row.append(_f(m.get("macro_f1"), 2))
-        row += [_f(s["loss"]), _f(s["perplexity"], 1)]
+        row += [_f(s["loss"], 2), _f(s["perplexity"], 1)]
         table.add_row(*row, style="magenta" if name == "tuned" else None)
     return table
 
