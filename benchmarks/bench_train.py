@@ -1,0 +1,307 @@
+"""Side-by-side training benchmark: TRL's SFTTrainer vs tunecraft, same model, data and settings.
+
+    python benchmarks/bench_train.py [--train-examples 1000] [--test-examples 300] [--method full]
+
+Both runs fine-tune the embedded default model (SmolLM2-135M-Instruct) on the same slice of
+BANKING77 (../shared/data/banking77; customer message as the user turn, intent as the
+assistant turn), with the same epochs, learning rate, effective batch, max length, loss mask
+(assistant tokens only) and seed. Each runs in its own subprocess (so peak memory is its own),
+one after the other. For each the script reports wall time, steady-state tokens/s (non-padding
+tokens), warm-up time (first steps, including compilation), peak RSS, held-out loss (computed by
+the same function for both models), and MFU against a bf16 matmul peak measured in the same
+invocation. Results are printed and written to benchmarks/results/<timestamp>.json.
+
+TRL is a benchmark-only dependency: `pip install -e ".[bench]"` (make bench does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BANKING = ROOT.parent / "shared" / "data" / "banking77"
+WARMUP_STEPS = 3  # steps excluded from steady-state throughput (compile, allocator, caches)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _chat(row: dict[str, str]) -> dict[str, Any]:
+    return {"messages": [
+        {"role": "user", "content": row["text"].strip()},
+        {"role": "assistant", "content": row["category"]},
+    ]}
+
+
+def make_data(out: Path, n_train: int, n_test: int, seed: int) -> tuple[Path, Path]:
+    """A fixed, seeded slice of BANKING77 as chat JSONL."""
+    rng = random.Random(seed)
+    train = _rows(BANKING / "train.csv")
+    test = _rows(BANKING / "test.csv")
+    rng.shuffle(train)
+    rng.shuffle(test)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, rows in (("train", train[:n_train]), ("test", test[:n_test])):
+        path = out / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(_chat(r)) + "\n" for r in rows), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# ----------------------------------------------------------------------------- peak
+
+
+def matmul_peak_tflops(threads: int) -> float:
+    """Best bf16 matmul throughput of this machine right now (the MFU denominator)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e12)
+    return best
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
+    """TRL SFTTrainer with its defaults, bf16 on CPU, loss on the assistant answer only."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(args.threads)
+    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
+    # Conversational prompt/completion: TRL then masks the prompt (completion_only_loss).
+    data = Dataset.from_list([
+        {"prompt": [r["messages"][0]], "completion": [r["messages"][1]]} for r in rows
+    ])
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    step_times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            step_times.append(time.perf_counter() - self.t0)
+
+    config = SFTConfig(
+        output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        max_length=args.max_length, bf16=True, use_cpu=True, seed=args.seed, logging_steps=10,
+        save_strategy="no", report_to=[], lr_scheduler_type="cosine", warmup_ratio=0.05,
+        max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                         callbacks=[Timer()])
+    # Non-padding tokens TRL processes per epoch (its own tokenization, truncated to max_length).
+    tokens = sum(min(len(x), args.max_length) for x in trainer.train_dataset["input_ids"])
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    return _timing(step_times, wall, tokens * args.epochs, len(step_times))
+
+
+def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
+    from tunecraft.config import build_config
+    from tunecraft.train.loop import build, train
+    from tunecraft.train.runlog import read_jsonl
+
+    cfg = build_config(values={
+        "model.name": str(model_dir), "data.train": str(train_path), "data.val": str(train_path),
+        "data.max_length": args.max_length, "train.method": args.method, "train.epochs": args.epochs,
+        "train.lr": args.lr, "train.batch_size": args.batch_size, "train.seed": args.seed,
+        "train.out": str(out), "train.threads": args.threads, "train.patience": None,
+        "train.eval_every": 10_000, "train.save_every": 10_000, "train.engine": args.engine,
+        "train.schedule": "cosine", "train.warmup_ratio": 0.05,
+    })
+    plan, rt = build(cfg)
+    plan.val = plan.val[:8]  # the loop's own validation is not what we time: keep it tiny
+    t0 = time.perf_counter()
+    train(plan.cfg, plan=plan, rt=rt)
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
+    step_times = [rows[0]["elapsed_s"]] + [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:])]
+    return _timing(step_times, wall, rows[-1]["tokens_seen"], len(rows))
+
+
+def _timing(step_times: list[float], wall: float, tokens: int, steps: int) -> dict[str, Any]:
+    warm = sum(step_times[:WARMUP_STEPS])
+    steady_time = sum(step_times[WARMUP_STEPS:])
+    steady_steps = max(1, len(step_times) - WARMUP_STEPS)
+    per_step_tokens = tokens / max(1, steps)
+    return {
+        "wall_s": round(wall, 2),
+        "train_tokens": tokens,
+        "steps": steps,
+        "warmup_s": round(warm, 2),
+        "steady_tokens_per_s": round(per_step_tokens * steady_steps / steady_time, 1) if steady_time else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def heldout_loss(model_dir: Path, test_path: Path, threads: int) -> float:
+    """The same scoring for both trained models: tunecraft's held-out loss on the test slice."""
+    import torch
+
+    from tunecraft.data.loader import load_examples
+    from tunecraft.eval.heldout import heldout_loss as score, tokenize_for
+    from tunecraft.serve.engine import load_target
+
+    torch.set_num_threads(threads)
+    lm = load_target(str(model_dir), dtype=torch.float32)
+    return score(lm, tokenize_for(lm, load_examples(test_path))).loss
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one side in this process and print its JSON result on the last line."""
+    model_dir, train_path, test_path, out = (Path(p) for p in args.child_paths)
+    runner = run_trl if args.child == "trl" else run_tunecraft
+    result = runner(args, model_dir, train_path, out)
+    trained = out / "model" if args.child == "trl" else out
+    result["heldout_loss"] = round(heldout_loss(trained, test_path, args.threads), 4)
+    print("RESULT " + json.dumps(result))
+
+
+def _spawn(args: argparse.Namespace, side: str, paths: list[Path]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", side, "--child-paths", *map(str, paths)]
+    for key in ("train_examples", "test_examples", "epochs", "lr", "batch_size", "max_length",
+                "seed", "threads", "method", "engine"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    print(f"running {side} ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{side} run failed")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _mfu(result: dict[str, Any], n_params: int, method: str, peak: float) -> float | None:
+    tps = result.get("steady_tokens_per_s")
+    if not tps:
+        return None
+    flops_per_token = (6 if method == "full" else 4) * n_params
+    return round(flops_per_token * tps / (peak * 1e12), 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-examples", type=int, default=1000)
+    parser.add_argument("--test-examples", type=int, default=300)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument("--engine", choices=["fast", "reference"], default="fast")
+    parser.add_argument("--sides", default="trl,tunecraft", help="which runs, comma-separated")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-paths", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.method == "lora" and "trl" in args.sides:
+        raise SystemExit("the TRL side is benchmarked with full fine-tuning; use --sides tunecraft for LoRA")
+
+    from tunecraft.models.resolve import resolve_model
+    from tunecraft.train.lora import count_params
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = args.out / f"work-{stamp}"
+    train_path, test_path = make_data(work / "data", args.train_examples, args.test_examples, args.seed)
+    model_dir = resolve_model("smollm2-135m-instruct").path
+    n_params = count_params(model_dir)
+    peak = matmul_peak_tflops(args.threads)
+    results: dict[str, Any] = {}
+    for side in args.sides.split(","):
+        results[side] = _spawn(args, side, [model_dir, train_path, test_path, work / side])
+        results[side]["mfu"] = _mfu(results[side], n_params, args.method, peak)
+    report = {
+        "when": stamp, "machine": _machine(), "threads": args.threads,
+        "bf16_matmul_peak_tflops": round(peak, 3), "n_params": n_params,
+        "settings": {k: getattr(args, k) for k in ("train_examples", "test_examples", "epochs", "lr",
+                                                    "batch_size", "max_length", "seed", "method", "engine")},
+        "results": results,
+    }
+    if "trl" in results and "tunecraft" in results:
+        a, b = results["trl"], results["tunecraft"]
+        report["ratios"] = {
+            "wall_time_tunecraft_over_trl": round(b["wall_s"] / a["wall_s"], 3),
+            "steady_tokens_per_s_tunecraft_over_trl": round(b["steady_tokens_per_s"] / a["steady_tokens_per_s"], 2),
+            "heldout_loss_rel_diff": round((b["heldout_loss"] - a["heldout_loss"]) / a["heldout_loss"], 4),
+            "peak_rss_tunecraft_over_trl": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print(report)
+    print(f"written: {path}")
+
+
+def _machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs"
+
+
+def _print(report: dict[str, Any]) -> None:
+    cols = ["wall_s", "warmup_s", "steady_tokens_per_s", "mfu", "peak_rss_mb", "heldout_loss"]
+    print(f"\nmachine: {report['machine']}; bf16 matmul peak {report['bf16_matmul_peak_tflops']} TFLOP/s")
+    print(f"{'side':<11}" + "".join(f"{c:>21}" for c in cols))
+    for side, r in report["results"].items():
+        print(f"{side:<11}" + "".join(f"{str(r.get(c)):>21}" for c in cols))
+    for key, value in report.get("ratios", {}).items():
+        print(f"  {key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
