@@ -84,9 +84,10 @@ def _classify(train: list[float], evals: list[tuple[int, float]]) -> tuple[Statu
         near_zero = bool(train) and _smoothed_tail(train) < NEAR_ZERO
         return ("memorizing" if near_zero else "overfitting"), best_i
     if best_i == len(evals) - 1:
-        drop = evals[-2][1] - final if len(evals) >= 2 else 0.0
+        previous = evals[-2][1] if len(evals) >= 2 else final
+        drop = previous - final
         # Relative and absolute: 0.0118 -> 0.0106 is 10% but nothing left to learn.
-        still_falling = drop > STILL_FALLING * abs(evals[-2][1]) and drop > RISE_ABS
+        still_falling = drop > STILL_FALLING * abs(previous) and drop > RISE_ABS
         barely_moved = bool(train) and _smoothed_tail(train) > (1 - BARELY_MOVED) * _smoothed_head(train)
         if still_falling or barely_moved:
             return "underfitting", best_i

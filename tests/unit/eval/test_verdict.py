@@ -80,3 +80,10 @@ def test_converged_run_with_tiny_losses_is_healthy() -> None:
     evals = _evals([(8, 1.45), (16, 0.52), (24, 0.15), (32, 0.052), (40, 0.055), (48, 0.021),
                     (56, 0.0118), (64, 0.0106), (72, 0.0101), (80, 0.0098)])
     assert overfitting_verdict(train, evals).status == "healthy"
+
+
+def test_a_single_evaluation_gets_a_verdict() -> None:
+    """An interrupted run may have evaluated once; the verdict must not crash on it."""
+    train = [{"type": "train", "step": s, "loss": 2.0 - 0.1 * s} for s in range(1, 4)]
+    v = overfitting_verdict(train, [{"type": "eval", "step": 2, "val_loss": 1.9}])
+    assert v.best_step == 2 and v.status in ("healthy", "underfitting")

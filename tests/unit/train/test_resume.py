@@ -83,7 +83,8 @@ def test_sigterm_checkpoints_and_exits_cleanly(tiny_model_dir, chat_data, tmp_pa
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130
+    code = proc.wait(timeout=60)
+    assert code == 130, proc.stderr.read().decode()[-3000:] if proc.stderr else code
     done = complete_checkpoints(run / "checkpoints")
     assert done, "no checkpoint written on SIGTERM"
     events = [e["event"] for e in read_jsonl(run / "events.jsonl")]
