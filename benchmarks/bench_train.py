@@ -20,6 +20,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import math
 import os
 import random
 import subprocess
@@ -123,7 +124,8 @@ def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Pa
         output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         max_length=args.max_length, bf16=True, use_cpu=True, seed=args.seed, logging_steps=10,
-        save_strategy="no", report_to=[], lr_scheduler_type="cosine", warmup_ratio=0.05,
+        save_strategy="no", report_to=[], lr_scheduler_type="cosine",
+        warmup_steps=round(0.05 * math.ceil(len(rows) / args.batch_size) * args.epochs),
         max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
