@@ -23,6 +23,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tunecraft import paths
+from tunecraft.durable import fsync_dir, fsync_tree
 from tunecraft.errors import ModelNotFoundError
 
 COMPLETE_MARKER = ".tunecraft-complete.json"
@@ -52,20 +53,6 @@ def check_gguf(gguf: Path) -> None:
         )
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for fname in files:
-            with open(os.path.join(dirpath, fname), "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(root)
 
 
 def _print_status(message: str) -> None:
@@ -149,9 +136,9 @@ def _convert_locked(
         (tmp / COMPLETE_MARKER).write_text(
             json.dumps({"source": str(gguf), "size": gguf.stat().st_size}), encoding="utf-8"
         )
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, final)
-        _fsync_dir(root)  # make the rename itself durable
+        fsync_dir(root)  # make the rename itself durable
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelNotFoundError(

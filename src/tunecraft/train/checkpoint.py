@@ -24,23 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunecraft.durable import fsync_dir, fsync_tree
+
 COMPLETE = "COMPLETE"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_files(directory: Path) -> None:
-    for f in directory.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(directory)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -136,11 +122,11 @@ def save_checkpoint(
     full_state = {**state, "step": step, "py_random": _py_random_state()}
     (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
     (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
-    _fsync_files(tmp)
+    fsync_tree(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     prune(root, keep, protect or set())
     return final
 
