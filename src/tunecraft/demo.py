@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def run_demo(console: Console, out: Path | None = None) -> int:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    # Deprecation notices from inside transformers/peft are for their developers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     t0 = time.time()
     root = examples_root()
     run_dir = out or Path("runs") / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ def run_train(
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    # Deprecation notices from inside transformers/peft are for their developers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if int(os.environ.get("RANK", "0")) != 0:
         console = Console(quiet=True)
     cfg = resolve_config(args, values, resume)
