@@ -13,11 +13,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
+
+from tunecraft.hardware import cpu_info, physical_cores
 
 Level = Literal["ok", "info", "warn", "fail"]
 
@@ -67,35 +68,6 @@ def check_packages() -> list[Check]:
     return checks
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo (Linux); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    info: dict[str, str] = {}
-    for line in text.split("\n\n", 1)[0].splitlines():
-        key, _, value = line.partition(":")
-        info[key.strip()] = value.strip()
-    return info
-
-
-def physical_cores() -> int | None:
-    """Distinct (socket, core) pairs in /proc/cpuinfo; None where that file is unavailable."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    cores: set[tuple[str, str]] = set()
-    for block in text.strip().split("\n\n"):
-        fields = dict(
-            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
-        )
-        if "core id" in fields:
-            cores.add((fields.get("physical id", "0"), fields["core id"]))
-    return len(cores) or None
-
-
 def bf16_support(flags: set[str]) -> str:
     """How fast bf16 matmuls can be on this CPU, from its feature flags."""
     if "amx_bf16" in flags:
@@ -106,7 +78,7 @@ def bf16_support(flags: set[str]) -> str:
 
 
 def check_cpu() -> list[Check]:
-    info = _cpuinfo()
+    info = cpu_info()
     model = info.get("model name") or platform.processor() or platform.machine()
     logical = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical

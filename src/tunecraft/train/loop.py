@@ -114,6 +114,12 @@ def _micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[
     return padded_batches(examples, indices, cfg.micro_batch_size or 1, pad)
 
 
+def _step_batches(plan: Plan, indices: list[int], rt: Runtime) -> list[Batch]:
+    """This rank's micro-batches of one optimizer step (none when its share is empty)."""
+    share = distributed.shard(indices, rt)
+    return _micro_batches(plan, share, plan.train) if share else []
+
+
 # ----------------------------------------------------------------------------- eval
 
 
@@ -262,8 +268,7 @@ def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
     times = []
     for indices in schedule:
         t0 = time.time()
-        share = distributed.shard(indices, rt)
-        train_step(model, optimizer, _micro_batches(plan, share, plan.train) if share else [], plan, rt)
+        train_step(model, optimizer, _step_batches(plan, indices, rt), plan, rt)
         times.append(time.time() - t0)
     warm = sorted(times[1:]) or times  # the first step pays one-time costs
     return warm[len(warm) // 2]
@@ -339,8 +344,7 @@ def _run_steps(
     for step_idx in range(st.step, plan.total_steps):
         lr = (tc.lr or 1e-4) * lr_factor(step_idx, plan.total_steps, warmup, tc.schedule)
         set_lr(optimizer, lr)
-        share = distributed.shard(steps[step_idx], rt)  # this rank's examples of the step
-        batches = _micro_batches(plan, share, plan.train) if share else []
+        batches = _step_batches(plan, steps[step_idx], rt)
         t0 = time.time()
         loss, norm = train_step(model, optimizer, batches, plan, rt)
         dt_step = time.time() - t0

@@ -36,13 +36,6 @@ def count_params(model_dir: Path, trust_remote_code: bool = False) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def context_length(model_dir: Path) -> int:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model_dir))
-    return int(getattr(config, "max_position_embeddings", 2048) or 2048)
-
-
 def trainable_counts(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -17,11 +17,12 @@ from tunecraft.config import RunConfig
 from tunecraft.data.batching import count_loss_tokens, steps_per_epoch
 from tunecraft.data.prepare import PreparedData, prepare, read_examples, truncate
 from tunecraft.data.render import TokenizedExample
+from tunecraft.data.stats import default_max_length
 from tunecraft.errors import ConfigError, DataError
 from tunecraft.models.load import load_tokenizer
 from tunecraft.models.resolve import ResolvedModel, resolve_model
 from tunecraft.train import auto
-from tunecraft.train.lora import context_length, count_params
+from tunecraft.train.lora import count_params
 from tunecraft.train.runtime import pick_device
 
 
@@ -141,7 +142,7 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
             "pass --val FILE"
         )
     n_params = count_params(model.path, cfg.model.trust_remote_code)
-    context = context_length(model.path)
+    context = default_max_length(tokenizer, model.path)
     choices = _fill_auto(cfg, n_params, data, context)
     if (cfg.data.max_length or 0) > context:
         raise ConfigError(f"data.max_length: {cfg.data.max_length} exceeds the model's context ({context})")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from tunecraft.hardware import has_fast_bf16, usable_physical_cores
 
 
 @dataclass(frozen=True)
@@ -24,42 +25,6 @@ class Runtime:
         return self.rank == 0
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 BF16 make bf16 matmuls several times faster than fp32 on CPU."""
-    flags = cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-threads share one core's matmul units)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        pairs = set()
-        phys = core = None
-        for line in text.splitlines():
-            if line.startswith("physical id"):
-                phys = line.split(":")[1].strip()
-            elif line.startswith("core id"):
-                core = line.split(":")[1].strip()
-                pairs.add((phys, core))
-        siblings = (os.cpu_count() or 1) / max(1, len(pairs)) if pairs else 1
-        return max(1, int(available / max(1.0, siblings)))
-    except OSError:
-        return max(1, available)
-
-
 def pick_device() -> torch.device:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -74,7 +39,7 @@ def pick_dtype(precision: str, device: torch.device, deterministic: bool) -> tor
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.bfloat16 if has_fast_bf16() else torch.float32
 
 
 def seed_everything(seed: int) -> None:
@@ -90,7 +55,7 @@ def setup_runtime(precision: str, deterministic: bool, threads: int | None) -> R
 
     device = pick_device()
     # N processes on one machine share its cores: one thread each per physical core.
-    n_threads = threads or max(1, physical_cores() // distributed.local_world_size())
+    n_threads = threads or max(1, usable_physical_cores() // distributed.local_world_size())
     if device.type == "cpu":
         torch.set_num_threads(n_threads)
     if deterministic:
