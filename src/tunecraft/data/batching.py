@@ -5,9 +5,10 @@ only on the seed), so the padded reference layout and the packed fast layout com
 loss: the loss is normalized by the step's loss-bearing tokens, not per micro-batch.
 
 - padded: micro-batches of `micro_batch_size` examples, right-padded, with an attention mask.
-- packed: examples concatenated into rows of at most `row_tokens` tokens; position ids restart
-  at 0 for each example and no attention mask is passed, which makes transformers build a
-  per-document causal mask (no attention crosses examples).
+- packed: each micro-batch is ONE flat row of exactly its examples' tokens (no padding), with
+  position ids restarting per example and a `DocLayout` that tells the attention which
+  positions belong to which example (no attention crosses examples). A loss-free prefix that
+  every example of the micro-batch shares (a system prompt) is stored once.
 """
 
 from __future__ import annotations
@@ -22,21 +23,46 @@ from tunecraft.data.render import IGNORE, TokenizedExample
 
 
 @dataclass
+class DocLayout:
+    """Where each example of a flat packed row sits, for per-document attention.
+
+    `buckets[b]` is (docs, L): the flat positions of each example in length class b (the
+    shared prefix first, then its own tokens), right-padded by repeating the last position.
+    `out_index[t]` is the row of flat position t in the concatenated per-bucket outputs
+    (docs * L rows per bucket, in bucket order).
+    """
+
+    buckets: list[torch.Tensor]
+    out_index: torch.Tensor  # (T,)
+    shared_prefix: int  # tokens stored once for every example (0: none)
+
+    def to(self, device: torch.device) -> DocLayout:
+        return DocLayout([b.to(device) for b in self.buckets], self.out_index.to(device), self.shared_prefix)
+
+
+@dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T) int64
     labels: torch.Tensor  # (B, T) int64, already shifted: labels[:, t] is the target after t
     position_ids: torch.Tensor  # (B, T) int64
     attention_mask: torch.Tensor | None  # (B, T) for padded layouts, None when packed
     n_loss: int  # loss-bearing targets in this micro-batch
-    n_tokens: int  # real (non-padding) tokens
+    n_tokens: int  # the examples' tokens (padding excluded; a shared prefix counts per example)
+    layout: DocLayout | None = None  # packed layout: where each example sits in the flat row
+
+    @property
+    def n_computed(self) -> int:
+        """Token positions the model actually runs (padding included, a shared prefix once)."""
+        return int(self.input_ids.numel())
 
     def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        layout = None if self.layout is None else self.layout.to(device)
         return Batch(
             self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
-            mask, self.n_loss, self.n_tokens,
+            mask, self.n_loss, self.n_tokens, layout,
         )
 
 
@@ -97,56 +123,96 @@ def padded_batches(
     return out
 
 
-def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
-    """First-fit-decreasing bin packing of example lengths into rows of `row_tokens` (indices)."""
-    rows: list[list[int]] = []
-    space: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
-        for r, free in enumerate(space):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                space[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            space.append(row_tokens - lengths[i])
-    return rows
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth the bookkeeping
+MIN_BUCKET = 16  # attention blocks are at least this long (tiny examples share one bucket)
+
+
+def shared_prefix_length(examples: list[TokenizedExample]) -> int:
+    """Tokens at the start of every example that are identical and bear no loss anywhere.
+
+    Position t predicts token t+1, so a prefix of P positions is loss-free only if labels
+    1..P are IGNORE in every example (label P is the target of the prefix's last position).
+    Each example keeps at least one token of its own.
+    """
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    limit = min(len(e.input_ids) for e in examples) - 1
+    for e in examples:
+        first_loss = next((j for j in range(1, len(e.labels)) if e.labels[j] != IGNORE), len(e.labels))
+        limit = min(limit, first_loss - 1)
+    common = 0
+    while common < limit and all(e.input_ids[common] == first[common] for e in examples):
+        common += 1
+    return common if common >= MIN_SHARED_PREFIX else 0
+
+
+def _bucket_of(length: int) -> int:
+    """Length class: the next power of two (so an example is padded to at most 2x in attention)."""
+    return max(MIN_BUCKET, 1 << (length - 1).bit_length())
+
+
+def _flat_batch(group: list[TokenizedExample], share_prefix: bool) -> Batch:
+    """One micro-batch as a single flat row: [shared prefix] + each example's own tokens."""
+    prefix = shared_prefix_length(group) if share_prefix else 0
+    ids: list[int] = list(group[0].input_ids[:prefix])
+    labels: list[int] = [IGNORE] * prefix
+    positions: list[int] = list(range(prefix))
+    spans: list[list[int]] = []  # per example: its flat positions, shared prefix included
+    for e in group:
+        at = len(ids)
+        n_own = len(e.input_ids) - prefix
+        ids += e.input_ids[prefix:]
+        labels += shifted_labels(e.labels)[prefix:]
+        positions += range(prefix, len(e.input_ids))
+        spans.append(list(range(prefix)) + list(range(at, at + n_own)))
+    layout = _layout(spans, len(ids), prefix)
+    tensor = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731  (1, T)
+    n_loss = sum(1 for t in labels if t != IGNORE)
+    n_tokens = sum(len(e.input_ids) for e in group)
+    return Batch(tensor(ids), tensor(labels), tensor(positions), None, n_loss, n_tokens, layout)
+
+
+def _layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
+    """Gather indices per length bucket, and where each flat position's output comes from."""
+    by_bucket: dict[int, list[int]] = {}
+    for doc, span in enumerate(spans):
+        by_bucket.setdefault(_bucket_of(len(span)), []).append(doc)
+    out_index = [0] * n_flat
+    buckets: list[torch.Tensor] = []
+    row_start = 0  # first output row of the current bucket in the concatenated outputs
+    for key in sorted(by_bucket):
+        docs = by_bucket[key]
+        width = max(len(spans[d]) for d in docs)
+        index = torch.empty((len(docs), width), dtype=torch.long)
+        for r, d in enumerate(docs):
+            span = spans[d]
+            # Padding repeats the last position: it sits after the real tokens, so causal
+            # attention never lets a real query see it, and its own outputs are dropped.
+            index[r] = torch.tensor(span + [span[-1]] * (width - len(span)))
+            base = row_start + r * width
+            for j, flat in enumerate(span):
+                if j >= prefix or d == 0:  # the shared prefix's output is taken from example 0
+                    out_index[flat] = base + j
+        buckets.append(index)
+        row_start += len(docs) * width
+    return DocLayout(buckets, torch.tensor(out_index, dtype=torch.long), prefix)
 
 
 def packed_batches(
     examples: list[TokenizedExample],
     indices: list[int],
-    row_tokens: int,
-    rows_per_micro: int,
-    pad_id: int,
+    micro_batch_size: int,
+    share_prefix: bool = True,
 ) -> list[Batch]:
-    """The fast layout: examples packed into rows with per-example position ids.
+    """The fast layout: each micro-batch of `micro_batch_size` examples as one flat row.
 
-    Rows are padded to the longest row of the micro-batch (a padding "document" with its own
-    positions and no loss), so shapes stay few and static for the compiler.
+    No padding tokens at all; per-document attention comes from the batch's `DocLayout`
+    (see `train.attention`). A loss-free prefix common to all examples of the micro-batch
+    (a shared system prompt) is stored and computed once.
     """
-    group = [examples[i] for i in indices]
-    longest = max(len(e.input_ids) for e in group)
-    rows = pack_rows([len(e.input_ids) for e in group], max(row_tokens, longest))
     out = []
-    for start in range(0, len(rows), rows_per_micro):
-        chunk = rows[start : start + rows_per_micro]
-        width = max(sum(len(group[i].input_ids) for i in row) for row in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        positions = torch.zeros((len(chunk), width), dtype=torch.long)
-        n_tokens = 0
-        for r, row in enumerate(chunk):
-            at = 0
-            for i in row:
-                e = group[i]
-                n = len(e.input_ids)
-                ids[r, at : at + n] = torch.tensor(e.input_ids)
-                labels[r, at : at + n] = torch.tensor(shifted_labels(e.labels))
-                positions[r, at : at + n] = torch.arange(n)
-                at += n
-                n_tokens += n
-            # Padding tail: a separate pseudo-document (positions restart at 0) bearing no loss.
-            positions[r, at:] = torch.arange(width - at)
-        out.append(Batch(ids, labels, positions, None, int((labels != IGNORE).sum()), n_tokens))
+    for start in range(0, len(indices), micro_batch_size):
+        group = [examples[i] for i in indices[start : start + micro_batch_size]]
+        out.append(_flat_batch(group, share_prefix))
     return out

@@ -26,7 +26,8 @@ from tunecraft.errors import TunecraftError
 from tunecraft.models.load import load_model
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train import distributed
-from tunecraft.train.loss import compute_loss
+from tunecraft.train import attention
+from tunecraft.train.loss import compute_loss, unwrap
 from tunecraft.train.lora import apply_lora, trainable_counts
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
 from tunecraft.train.plan import Plan, make_plan
@@ -96,6 +97,8 @@ def _build_model(plan: Plan, rt: Runtime) -> Any:
         model = apply_lora(model, cfg.lora, cfg.train.seed)
     else:
         model.requires_grad_(True)
+    if cfg.train.engine == "fast":
+        attention.enable(unwrap(model))  # plain SDPA unless a packed layout is passed
     model.train()
     return model
 
@@ -110,7 +113,7 @@ def _micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[
     cfg = plan.cfg.train
     pad = plan.tokenizer.pad_token_id
     if cfg.engine == "fast":
-        return packed_batches(examples, indices, plan.cfg.data.max_length or 512, cfg.micro_batch_size or 1, pad)
+        return packed_batches(examples, indices, cfg.micro_batch_size or 1)
     return padded_batches(examples, indices, cfg.micro_batch_size or 1, pad)
 
 

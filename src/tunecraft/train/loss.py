@@ -5,7 +5,8 @@ micro-batches, all ranks), so every target token weighs the same however the ste
 
 Two implementations compute the same number:
 - `reference`: the model's full logits (B, T, V), then cross-entropy. Plain and obviously right.
-- `fast`: the decoder's hidden states, gathered at loss-bearing positions only, projected
+- `fast`: the decoder's hidden states (per-document attention over a flat packed row, see
+  `train.attention`), gathered at loss-bearing positions only, projected
   through the LM head in chunks that are recomputed in backward, so full-vocabulary logits
   for the whole batch never exist in memory (49k vocab x 4k tokens would be 800 MB in fp32).
 """
@@ -21,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tunecraft.data.batching import Batch
 from tunecraft.data.render import IGNORE
+from tunecraft.train import attention
 
 CHUNK_TOKENS = 1024  # rows of the LM head computed at once in the fast path
 
@@ -46,6 +48,7 @@ def supports_fast_path(model: Any) -> bool:
 
 
 def reference_loss(model: Any, batch: Batch) -> LossOut:
+    assert batch.layout is None, "the reference path takes padded batches"
     logits = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -70,14 +73,27 @@ def _chunk_correct(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         return ((hidden @ weight.t()).argmax(-1) == targets).sum()
 
 
-def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
+def decoder_hidden(model: Any, batch: Batch) -> torch.Tensor:
+    """The decoder's final hidden states (B, T, H), per-document attention for packed rows."""
     inner = unwrap(model)
-    hidden = inner.get_decoder()(
+    mask, extra = batch.attention_mask, {}
+    if batch.layout is not None:
+        attention.enable(inner)
+        extra[attention.LAYOUT_KWARG] = batch.layout
+        # A flat row has no padding: an all-ones mask makes transformers skip building one.
+        mask = torch.ones_like(batch.input_ids)
+    return inner.get_decoder()(
         input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
+        attention_mask=mask,
         position_ids=batch.position_ids,
         use_cache=False,
-    ).last_hidden_state  # (B, T, H)
+        **extra,
+    ).last_hidden_state
+
+
+def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
+    inner = unwrap(model)
+    hidden = decoder_hidden(model, batch)  # (B, T, H)
     head = inner.get_output_embeddings()
     assert head.bias is None, "fast path assumes a bias-free LM head"
     mask = batch.labels != IGNORE

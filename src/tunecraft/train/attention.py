@@ -1,0 +1,92 @@
+"""Per-document ("varlen") attention over one flat sequence of packed examples.
+
+The fast layout (`data.batching.packed_batches`) lays a micro-batch out as ONE row of exactly
+the examples' tokens, no padding, so every linear layer (most of the FLOPs) runs on real tokens
+only. Attention is the one place where examples must not see each other: here each example's
+queries, keys and values are gathered into a (docs, heads, length, dim) block, grouped by
+length so short examples are not padded to the longest, and attended with causal SDPA
+(padding sits after the real tokens, so causality alone keeps real queries off it). The
+outputs are scattered back to the flat order.
+
+A shared prefix (every example of the micro-batch starting with the same loss-free tokens,
+e.g. one system prompt) is stored once in the flat row and gathered into every example's
+block: the linear layers compute it once, attention sees it in each example exactly as
+unshared, and autograd sums the examples' gradients into it. Loss and gradients equal the
+unshared computation's.
+
+This is registered with transformers' `AttentionInterface` (its public extension point) under
+`NAME`; without a layout the function is plain SDPA, so a model switched to it behaves as
+before everywhere else. Works on any device SDPA runs on (CPU, CUDA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunecraft.data.batching import DocLayout
+
+NAME = "tunecraft_varlen"
+LAYOUT_KWARG = "tunecraft_layout"
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, varlen_attention)
+    # Same masks as SDPA for calls without a layout (padded batches, generation).
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    _registered = True
+
+
+def enable(model: Any) -> None:
+    """Switch a transformers model to this attention (idempotent; saved configs are unaffected)."""
+    _register()
+    if getattr(model.config, "_attn_implementation", None) != NAME:
+        model.set_attn_implementation(NAME)
+
+
+def _blocks(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(1, H, T, D) flat states -> (docs, H, L, D) blocks picked by `index` (docs, L)."""
+    flat = x[0].transpose(0, 1)  # (T, H, D)
+    picked = flat.index_select(0, index.reshape(-1))  # (docs * L, H, D)
+    return picked.view(*index.shape, *flat.shape[1:]).transpose(1, 2)
+
+
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (1, H, T, D)
+    key: torch.Tensor,  # (1, Hkv, T, D)
+    value: torch.Tensor,  # (1, Hkv, T, D)
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    layout: DocLayout | None = kwargs.pop(LAYOUT_KWARG, None)
+    if layout is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    assert query.shape[0] == 1, "the varlen layout is one flat row"
+    groups = query.shape[1] // key.shape[1]
+    outs = []
+    for index in layout.buckets:
+        q, k, v = _blocks(query, index), _blocks(key, index), _blocks(value, index)
+        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        outs.append(o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3]))  # (docs * L, H, D)
+    gathered = outs[0] if len(outs) == 1 else torch.cat(outs)
+    out = gathered.index_select(0, layout.out_index)  # (T, H, D) in flat order
+    return out.unsqueeze(0), None  # (1, T, H, D), as transformers' attention functions return
