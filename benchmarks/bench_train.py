@@ -69,13 +69,14 @@ def make_data(out: Path, n_train: int, n_test: int, seed: int) -> tuple[Path, Pa
 # ----------------------------------------------------------------------------- peak
 
 
-def matmul_peak_tflops(threads: int) -> float:
-    """Best bf16 matmul throughput of this machine right now (the MFU denominator)."""
+def matmul_peak_tflops(threads: int, precision: str) -> float:
+    """Best matmul throughput of this machine right now in the compute dtype (the MFU denominator)."""
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(2048, 2048, dtype=dtype)
+    b = torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     best = 0.0
@@ -97,7 +98,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
-    """TRL SFTTrainer with its defaults, bf16 on CPU, loss on the assistant answer only."""
+    """TRL SFTTrainer with its defaults, in the benchmark's precision, loss on the answer only."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -123,7 +124,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Pa
     config = SFTConfig(
         output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        max_length=args.max_length, bf16=True, use_cpu=True, seed=args.seed, logging_steps=10,
+        max_length=args.max_length, bf16=args.precision == "bf16", use_cpu=True, seed=args.seed, logging_steps=10,
         save_strategy="no", report_to=[], lr_scheduler_type="cosine",
         warmup_steps=round(0.05 * math.ceil(len(rows) / args.batch_size) * args.epochs),
         max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
@@ -132,12 +133,23 @@ def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Pa
                          callbacks=[Timer()])
     # Non-padding tokens TRL processes per epoch (its own tokenization, truncated to max_length).
     tokens = sum(min(len(x), args.max_length) for x in trainer.train_dataset["input_ids"])
+    computed = _padded_positions(trainer, args)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     trainer.save_model(str(out / "model"))
     tokenizer.save_pretrained(str(out / "model"))
-    return _timing(step_times, wall, tokens * args.epochs, len(step_times))
+    result = _timing(step_times, wall, tokens * args.epochs, len(step_times))
+    result["computed_tokens"] = computed
+    return result
+
+
+def _padded_positions(trainer: Any, args: argparse.Namespace) -> int:
+    """Positions TRL's batches hold (its collator pads each batch to its longest example)."""
+    total = 0
+    for batch in trainer.get_train_dataloader():
+        total += int(batch["input_ids"].numel())
+    return int(total * args.epochs)
 
 
 def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
@@ -151,7 +163,7 @@ def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, o
         "train.lr": args.lr, "train.batch_size": args.batch_size, "train.seed": args.seed,
         "train.out": str(out), "train.threads": args.threads, "train.patience": None,
         "train.eval_every": 10_000, "train.save_every": 10_000, "train.engine": args.engine,
-        "train.schedule": "cosine", "train.warmup_ratio": 0.05,
+        "train.schedule": "cosine", "train.warmup_ratio": 0.05, "train.precision": args.precision,
     })
     plan, rt = build(cfg)
     plan.val = plan.val[:8]  # the loop's own validation is not what we time: keep it tiny
@@ -160,7 +172,10 @@ def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, o
     wall = time.perf_counter() - t0
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
     step_times = [rows[0]["elapsed_s"]] + [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:])]
-    return _timing(step_times, wall, rows[-1]["tokens_seen"], len(rows))
+    result = _timing(step_times, wall, rows[-1]["tokens_seen"], len(rows))
+    # Positions the model really ran (a shared prompt prefix once per micro-batch, no padding).
+    result["computed_tokens"] = rows[-1]["tokens_computed"]
+    return result
 
 
 def _timing(step_times: list[float], wall: float, tokens: int, steps: int) -> dict[str, Any]:
@@ -207,7 +222,7 @@ def child(args: argparse.Namespace) -> None:
 def _spawn(args: argparse.Namespace, side: str, paths: list[Path]) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", side, "--child-paths", *map(str, paths)]
     for key in ("train_examples", "test_examples", "epochs", "lr", "batch_size", "max_length",
-                "seed", "threads", "method", "engine"):
+                "seed", "threads", "method", "engine", "precision"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     print(f"running {side} ...", flush=True)
@@ -220,11 +235,26 @@ def _spawn(args: argparse.Namespace, side: str, paths: list[Path]) -> dict[str, 
 
 
 def _mfu(result: dict[str, Any], n_params: int, method: str, peak: float) -> float | None:
+    """Model FLOPs utilization: 6·N (full) or ~4·N (LoRA) per example token over the peak.
+
+    It credits every example token with the model's full cost; work a side skips (padding,
+    logits of non-answer tokens, a prompt prefix computed once) raises it, so it can exceed
+    what the hardware did. `hw_util` below counts the positions really computed instead.
+    """
     tps = result.get("steady_tokens_per_s")
     if not tps:
         return None
     flops_per_token = (6 if method == "full" else 4) * n_params
     return round(flops_per_token * tps / (peak * 1e12), 4)
+
+
+def _hw_util(result: dict[str, Any], n_params: int, method: str, peak: float) -> float | None:
+    """The same rate over positions the model really ran (padding included, prefixes once)."""
+    tps, computed, tokens = result.get("steady_tokens_per_s"), result.get("computed_tokens"), result.get("train_tokens")
+    if not (tps and computed and tokens):
+        return None
+    flops_per_token = (6 if method == "full" else 4) * n_params
+    return round(flops_per_token * tps * (computed / tokens) / (peak * 1e12), 4)
 
 
 def main() -> None:
@@ -239,6 +269,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument("--engine", choices=["fast", "reference"], default="fast")
+    parser.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], default="auto",
+        help="compute precision of BOTH sides; auto: bf16 where the CPU has native bf16 "
+        "(AMX / AVX512-BF16), else fp32 (emulated bf16 matmuls run ~20x slower than fp32)",
+    )
     parser.add_argument("--sides", default="trl,tunecraft", help="which runs, comma-separated")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -250,24 +285,30 @@ def main() -> None:
     if args.method == "lora" and "trl" in args.sides:
         raise SystemExit("the TRL side is benchmarked with full fine-tuning; use --sides tunecraft for LoRA")
 
+    from tunecraft.hardware import has_fast_bf16
     from tunecraft.models.resolve import resolve_model
     from tunecraft.train.lora import count_params
+
+    if args.precision == "auto":
+        args.precision = "bf16" if has_fast_bf16() else "fp32"
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = args.out / f"work-{stamp}"
     train_path, test_path = make_data(work / "data", args.train_examples, args.test_examples, args.seed)
     model_dir = resolve_model("smollm2-135m-instruct").path
     n_params = count_params(model_dir)
-    peak = matmul_peak_tflops(args.threads)
+    peak = matmul_peak_tflops(args.threads, args.precision)
     results: dict[str, Any] = {}
     for side in args.sides.split(","):
         results[side] = _spawn(args, side, [model_dir, train_path, test_path, work / side])
         results[side]["mfu"] = _mfu(results[side], n_params, args.method, peak)
+        results[side]["hw_util"] = _hw_util(results[side], n_params, args.method, peak)
     report = {
         "when": stamp, "machine": _machine(), "threads": args.threads,
-        "bf16_matmul_peak_tflops": round(peak, 3), "n_params": n_params,
+        "precision": args.precision, "matmul_peak_tflops": round(peak, 3), "n_params": n_params,
         "settings": {k: getattr(args, k) for k in ("train_examples", "test_examples", "epochs", "lr",
-                                                    "batch_size", "max_length", "seed", "method", "engine")},
+                                                    "batch_size", "max_length", "seed", "method", "engine",
+                                                    "precision")},
         "results": results,
     }
     if "trl" in results and "tunecraft" in results:
@@ -296,8 +337,9 @@ def _machine() -> str:
 
 
 def _print(report: dict[str, Any]) -> None:
-    cols = ["wall_s", "warmup_s", "steady_tokens_per_s", "mfu", "peak_rss_mb", "heldout_loss"]
-    print(f"\nmachine: {report['machine']}; bf16 matmul peak {report['bf16_matmul_peak_tflops']} TFLOP/s")
+    cols = ["wall_s", "warmup_s", "steady_tokens_per_s", "mfu", "hw_util", "peak_rss_mb", "heldout_loss"]
+    print(f"\nmachine: {report['machine']}; {report['precision']} matmul peak "
+          f"{report['matmul_peak_tflops']} TFLOP/s")
     print(f"{'side':<11}" + "".join(f"{c:>21}" for c in cols))
     for side, r in report["results"].items():
         print(f"{side:<11}" + "".join(f"{str(r.get(c)):>21}" for c in cols))

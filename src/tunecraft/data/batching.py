@@ -127,17 +127,32 @@ MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth the bookkeeping
 MIN_BUCKET = 16  # attention blocks are at least this long (tiny examples share one bucket)
 
 
-def shared_prefix_length(examples: list[TokenizedExample]) -> int:
+def live_length(example: TokenizedExample) -> int:
+    """Positions that influence the loss: up to the last one whose target bears loss.
+
+    Later positions predict nothing that is scored, and causal attention keeps every
+    earlier position from seeing them, so dropping them changes neither loss nor gradients
+    (the end-of-turn token itself is a target, so it stays). At least one position is kept.
+    """
+    targets = example.labels
+    for t in range(len(example.input_ids) - 1, 0, -1):
+        if targets[t] != IGNORE:
+            return t  # position t-1 predicts token t: positions 0..t-1 are live
+    return 1
+
+
+def shared_prefix_length(examples: list[TokenizedExample], lengths: list[int] | None = None) -> int:
     """Tokens at the start of every example that are identical and bear no loss anywhere.
 
     Position t predicts token t+1, so a prefix of P positions is loss-free only if labels
     1..P are IGNORE in every example (label P is the target of the prefix's last position).
-    Each example keeps at least one token of its own.
+    Each example keeps at least one token of its own (of its first `lengths[i]` tokens).
     """
     if len(examples) < 2:
         return 0
+    lengths = lengths or [len(e.input_ids) for e in examples]
     first = examples[0].input_ids
-    limit = min(len(e.input_ids) for e in examples) - 1
+    limit = min(lengths) - 1
     for e in examples:
         first_loss = next((j for j in range(1, len(e.labels)) if e.labels[j] != IGNORE), len(e.labels))
         limit = min(limit, first_loss - 1)
@@ -153,19 +168,19 @@ def _bucket_of(length: int) -> int:
 
 
 def _flat_batch(group: list[TokenizedExample], share_prefix: bool) -> Batch:
-    """One micro-batch as a single flat row: [shared prefix] + each example's own tokens."""
-    prefix = shared_prefix_length(group) if share_prefix else 0
+    """One micro-batch as a single flat row: [shared prefix] + each example's own live tokens."""
+    live = [live_length(e) for e in group]
+    prefix = shared_prefix_length(group, live) if share_prefix else 0
     ids: list[int] = list(group[0].input_ids[:prefix])
     labels: list[int] = [IGNORE] * prefix
     positions: list[int] = list(range(prefix))
     spans: list[list[int]] = []  # per example: its flat positions, shared prefix included
-    for e in group:
+    for e, n in zip(group, live):
         at = len(ids)
-        n_own = len(e.input_ids) - prefix
-        ids += e.input_ids[prefix:]
-        labels += shifted_labels(e.labels)[prefix:]
-        positions += range(prefix, len(e.input_ids))
-        spans.append(list(range(prefix)) + list(range(at, at + n_own)))
+        ids += e.input_ids[prefix:n]
+        labels += shifted_labels(e.labels)[prefix:n]
+        positions += range(prefix, n)
+        spans.append(list(range(prefix)) + list(range(at, at + n - prefix)))
     layout = _layout(spans, len(ids), prefix)
     tensor = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731  (1, T)
     n_loss = sum(1 for t in labels if t != IGNORE)
@@ -209,7 +224,8 @@ def packed_batches(
 
     No padding tokens at all; per-document attention comes from the batch's `DocLayout`
     (see `train.attention`). A loss-free prefix common to all examples of the micro-batch
-    (a shared system prompt) is stored and computed once.
+    (a shared system prompt) is stored and computed once, and positions after an example's
+    last scored target (see `live_length`) are left out.
     """
     out = []
     for start in range(0, len(indices), micro_batch_size):

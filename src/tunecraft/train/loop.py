@@ -55,6 +55,7 @@ class _State:
     step: int = 0
     tokens: int = 0  # cumulative loss-bearing tokens
     tokens_seen: int = 0  # cumulative non-padding tokens
+    tokens_computed: int = 0  # cumulative positions the model ran (padding in, shared prefixes once)
     best_val_loss: float = math.inf
     best_step: int = 0
     bad_evals: int = 0  # evaluations since the last improvement
@@ -353,18 +354,20 @@ def _run_steps(
         dt_step = time.time() - t0
         st.step = step_idx + 1
         # Every rank's counts, and one stop vote so that all ranks stop (and checkpoint) together.
-        n_loss, n_tok, votes = distributed.all_sum(
-            [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches), stop.received is not None], rt
+        n_loss, n_tok, n_run, votes = distributed.all_sum(
+            [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches),
+             sum(b.n_computed for b in batches), stop.received is not None], rt
         )
         stopping = votes > 0
         st.tokens += int(n_loss)
         n_tok = int(n_tok)
         st.tokens_seen += n_tok
+        st.tokens_computed += int(n_run)
         st.last_train_loss = loss
         st.elapsed_s = time.time() - t_start
         log.metric(
             "train", step=st.step, epoch=round(st.step / per_epoch, 4), loss=loss, lr=lr,
-            grad_norm=norm, tokens=st.tokens, tokens_seen=st.tokens_seen,
+            grad_norm=norm, tokens=st.tokens, tokens_seen=st.tokens_seen, tokens_computed=st.tokens_computed,
             tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3),
         )
         progress.update(st.step, loss, n_tok / dt_step)

@@ -101,9 +101,10 @@ def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
     targets = batch.labels[mask]  # (N,)
     total = hidden.new_zeros((), dtype=torch.float32)
     correct = torch.zeros((), dtype=torch.long)
+    chunked = h.shape[0] > CHUNK_TOKENS  # one chunk's logits may stay alive for backward
     for start in range(0, h.shape[0], CHUNK_TOKENS):
         hc, tc = h[start : start + CHUNK_TOKENS], targets[start : start + CHUNK_TOKENS]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and chunked:
             # Recompute this chunk's logits in backward instead of keeping (N, V) alive.
             total = total + checkpoint(_chunk_ce, hc, head.weight, tc, use_reentrant=False)
         else:

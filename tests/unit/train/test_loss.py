@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunecraft.data.batching import packed_batches, padded_batches, shared_prefix_length
+from tunecraft.data.batching import live_length, packed_batches, padded_batches, shared_prefix_length
 from tunecraft.data.render import IGNORE, TokenizedExample
 from tunecraft.models.load import load_model
 from tunecraft.train.loop import build
@@ -72,10 +72,13 @@ def test_packed_row_has_no_padding_and_shares_the_system_prompt(make_cfg) -> Non
     assert prefix >= len(system)
     assert batch.layout is not None and batch.layout.shared_prefix == prefix
     assert batch.n_tokens == sum(len(e.input_ids) for e in examples)
-    assert batch.n_computed == batch.n_tokens - 7 * prefix  # the prefix once instead of 8 times
+    live = [live_length(e) for e in examples]
+    # Each example's live positions, the shared prefix once instead of 8 times, no padding.
+    assert batch.n_computed == sum(live) - 7 * prefix
     assert batch.n_loss == sum(1 for e in examples for t in e.labels[1:] if t != IGNORE)
     (unshared,) = packed_batches(examples, list(range(8)), 8, share_prefix=False)
-    assert unshared.n_computed == unshared.n_tokens  # no padding either way
+    assert unshared.n_computed == sum(live)
+    assert unshared.n_loss == batch.n_loss
 
 
 def test_shared_prefix_stops_before_any_loss_bearing_target() -> None:
@@ -86,6 +89,15 @@ def test_shared_prefix_stops_before_any_loss_bearing_target() -> None:
     c = TokenizedExample(input_ids=list(range(5)) + [99] * 15, labels=[IGNORE] * 19 + [99])
     assert shared_prefix_length([a, c]) == 0  # 5 common tokens: below the minimum worth sharing
     assert shared_prefix_length([a]) == 0
+
+
+def test_live_length_keeps_every_position_that_predicts_a_scored_target() -> None:
+    # Tokens 0..9; tokens 6, 7 and 8 are scored targets (predicted by positions 5, 6, 7).
+    e = TokenizedExample(input_ids=list(range(10)), labels=[IGNORE] * 6 + [6, 7, 8] + [IGNORE])
+    assert live_length(e) == 8  # positions 0..7; positions 8 and 9 predict nothing scored
+    assert live_length(TokenizedExample(input_ids=[1, 2, 3], labels=[IGNORE] * 3)) == 1
+    raw = TokenizedExample(input_ids=[1, 2, 3], labels=[1, 2, 3])
+    assert live_length(raw) == 2  # the last position has no target
 
 
 def _alone(model, e: TokenizedExample) -> torch.Tensor:
@@ -108,11 +120,13 @@ def test_each_packed_example_sees_exactly_what_it_sees_alone(make_cfg) -> None:
     prefix = batch.layout.shared_prefix
     at = prefix
     for e in examples:
-        own = len(e.input_ids) - prefix
+        live = live_length(e)
+        own = live - prefix
         expected = _alone(model, e)
         torch.testing.assert_close(flat[:prefix], expected[:prefix], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(flat[at : at + own], expected[prefix:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(flat[at : at + own], expected[prefix:live], rtol=1e-5, atol=1e-5)
         at += own
+    assert at == flat.shape[0]
 
 
 def test_no_attention_crosses_documents(make_cfg) -> None:
@@ -122,7 +136,7 @@ def test_no_attention_crosses_documents(make_cfg) -> None:
     a, b = plan.train[0], plan.train[1]
     (batch,) = packed_batches([a, b], [0, 1], 2)
     prefix = batch.layout.shared_prefix
-    end_a = len(a.input_ids)  # a's own tokens are flat positions prefix..end_a-1
+    end_a = live_length(a)  # a's own tokens are flat positions prefix..end_a-1
     with torch.no_grad():
         out1 = decoder_hidden(model, batch)
         batch.input_ids[0, prefix:end_a] = (batch.input_ids[0, prefix:end_a] + 7) % 300
