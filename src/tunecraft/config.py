@@ -71,9 +71,13 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Compute precision (auto: bf16 where fast).")
     deterministic: bool = Field(False, description="Bit-reproducible mode (fp32, deterministic kernels).")
     engine: Literal["fast", "reference"] = Field(
-        "fast", description="'fast' (packing, chunked loss, compiled) or 'reference' (plain, for checking)."
+        "fast",
+        description="'fast' (flat packed rows with per-example attention, shared prompt prefix computed "
+        "once, LM head on answer tokens only) or 'reference' (padded batches, full logits: the yardstick).",
     )
-    compile: bool | None = Field(None, description="torch.compile the model (auto: on for long runs).")
+    compile: bool | None = Field(
+        None, description="torch.compile each decoder layer (auto: off; measured ~4% faster on CPU for ~45 s of compiling)."
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads per process (auto: physical cores / local processes).")
     sharding: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Multi-process mode: 'ddp' replicates the model, 'fsdp' shards it (FSDP2) for larger models."

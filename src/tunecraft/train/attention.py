@@ -40,7 +40,9 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, varlen_attention)
+    # Left out of torch.compile graphs (train.compile): its per-bucket loop and index tensors
+    # would specialize a graph to each micro-batch's layout.
+    AttentionInterface.register(NAME, torch.compiler.disable(varlen_attention))
     # Same masks as SDPA for calls without a layout (padded batches, generation).
     AttentionMaskInterface.register(NAME, sdpa_mask)
     _registered = True

@@ -71,6 +71,11 @@ def choose_micro_batch(batch_size: int, max_length: int, device_type: str) -> Ch
     return Choice("train.micro_batch_size", value, f"~{budget} tokens per forward pass on {device_type}")
 
 
+def choose_compile() -> Choice:
+    return Choice("train.compile", False, "eager: compiling measured ~4% faster per step for ~45 s "
+                  "of compile time on a 2-core CPU; set train.compile=true for long runs")
+
+
 def choose_eval_every(total_steps: int) -> Choice:
     value = max(1, total_steps // 10)
     return Choice("train.eval_every", value, f"about 10 evaluations over {total_steps} steps")

@@ -177,7 +177,7 @@ class _LossRoot(torch.nn.Module):
         return compute(self.model, batch, engine, with_accuracy)
 
 
-def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a decoder: the longest ModuleList in the model (one FSDP unit each)."""
     best: list[torch.nn.Module] = []
     for module in model.modules():
@@ -212,7 +212,7 @@ def _shard_fsdp(model: torch.nn.Module, rt: Runtime) -> None:
     # FSDP all-gathers one flat buffer per unit: mixed dtypes (LoRA: bf16 base, fp32 adapters)
     # need one gather dtype; gradients are still reduced in fp32.
     mp = MixedPrecisionPolicy(param_dtype=rt.dtype, reduce_dtype=torch.float32) if len(dtypes) > 1 else MixedPrecisionPolicy()
-    units = [fully_shard(layer, mp_policy=mp) for layer in _decoder_layers(model)]
+    units = [fully_shard(layer, mp_policy=mp) for layer in decoder_layers(model)]
     root = _LossRoot(model)
     units.append(fully_shard(root, mp_policy=mp))
     for unit in units:

@@ -27,6 +27,7 @@ from tunecraft.models.load import load_model
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train import distributed
 from tunecraft.train import attention
+from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.loss import compute_loss, unwrap
 from tunecraft.train.lora import apply_lora, trainable_counts
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
@@ -100,6 +101,8 @@ def _build_model(plan: Plan, rt: Runtime) -> Any:
         model.requires_grad_(True)
     if cfg.train.engine == "fast":
         attention.enable(unwrap(model))  # plain SDPA unless a packed layout is passed
+    if cfg.train.compile:
+        compile_decoder_layers(model)
     model.train()
     return model
 

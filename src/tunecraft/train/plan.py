@@ -114,6 +114,7 @@ def _fill_auto(cfg: RunConfig, n_params: int, data: PreparedData, context: int) 
     )
     if cfg.train.micro_batch_size and cfg.train.batch_size and cfg.train.micro_batch_size > cfg.train.batch_size:
         cfg.train.micro_batch_size = cfg.train.batch_size
+    choose(cfg.train.compile, auto.choose_compile())
     return choices
 
 
