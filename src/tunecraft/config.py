@@ -76,7 +76,7 @@ class TrainConfig(_Section):
         "once, LM head on answer tokens only) or 'reference' (padded batches, full logits: the yardstick).",
     )
     compile: bool | None = Field(
-        None, description="torch.compile each decoder layer (auto: off; measured ~4% faster on CPU for ~45 s of compiling)."
+        None, description="torch.compile each decoder layer (auto: off; measured ~4% faster on CPU for ~50 s of compiling)."
     )
     threads: int | None = Field(None, ge=1, description="CPU threads per process (auto: physical cores / local processes).")
     sharding: Literal["ddp", "fsdp"] = Field(

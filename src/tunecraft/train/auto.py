@@ -72,7 +72,7 @@ def choose_micro_batch(batch_size: int, max_length: int, device_type: str) -> Ch
 
 
 def choose_compile() -> Choice:
-    return Choice("train.compile", False, "eager: compiling measured ~4% faster per step for ~45 s "
+    return Choice("train.compile", False, "eager: compiling measured ~4% faster per step for ~50 s "
                   "of compile time on a 2-core CPU; set train.compile=true for long runs")
 
 
