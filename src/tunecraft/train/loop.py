@@ -28,7 +28,7 @@ from tunecraft.train import checkpoint as ckpt
 from tunecraft.train import distributed
 from tunecraft.train import attention
 from tunecraft.train.compiled import compile_decoder_layers
-from tunecraft.train.loss import compute_loss, unwrap
+from tunecraft.train.loss import compute_loss, densify_grads, unwrap
 from tunecraft.train.lora import apply_lora, trainable_counts
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
 from tunecraft.train.plan import Plan, make_plan
@@ -174,8 +174,9 @@ def train_step(
             total += float(out.loss_sum.detach())
     (total,) = distributed.all_sum([total], rt)
     loss = total / max(1, n_loss)
-    distributed.reduce_gradients(model, rt)  # before clipping: the norm is the global one
     params = [p for p in model.parameters() if p.requires_grad]
+    densify_grads(params)  # a sparse embedding gradient no LM head gradient was added to
+    distributed.reduce_gradients(model, rt)  # before clipping: the norm is the global one
     norm = distributed.clip_grad_norm(params, plan.cfg.train.grad_clip)
     if not math.isfinite(loss) or not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)

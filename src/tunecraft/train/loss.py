@@ -73,6 +73,35 @@ def _chunk_correct(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         return ((hidden @ weight.t()).argmax(-1) == targets).sum()
 
 
+def sparse_embedding_grad(inner: Any) -> bool:
+    """Whether the input embedding's gradient can be sparse (rows of this batch's tokens only).
+
+    `nn.Embedding`'s backward builds a dense (vocab, hidden) gradient, 28M mostly-zero floats
+    for the default model, zero-filled and then added to the tied LM head's gradient every
+    micro-batch. A sparse one holds only the rows of the batch's tokens and is added into
+    the LM head's dense gradient in place. Only where that dense gradient exists (tied and
+    trained), for a plain `nn.Embedding` (subclasses may scale their output), and on plain
+    tensors (FSDP shards parameters; the embedding lookup is its module's business there).
+    `densify_grads` covers a step whose LM head got no gradient.
+    """
+    embed, head = inner.get_input_embeddings(), inner.get_output_embeddings()
+    return (
+        type(embed) is torch.nn.Embedding
+        and head is not None
+        and embed.weight is head.weight
+        and embed.weight.requires_grad
+        and type(embed.weight) is torch.nn.Parameter
+        and not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    )
+
+
+def densify_grads(params: list[torch.nn.Parameter]) -> None:
+    """Make sparse gradients dense (clipping, all-reduce and fused AdamW take dense ones)."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
+
+
 def decoder_hidden(model: Any, batch: Batch) -> torch.Tensor:
     """The decoder's final hidden states (B, T, H), per-document attention for packed rows."""
     inner = unwrap(model)
@@ -82,8 +111,14 @@ def decoder_hidden(model: Any, batch: Batch) -> torch.Tensor:
         extra[attention.LAYOUT_KWARG] = batch.layout
         # A flat row has no padding: an all-ones mask makes transformers skip building one.
         mask = torch.ones_like(batch.input_ids)
+    if torch.is_grad_enabled() and sparse_embedding_grad(inner):
+        embed = inner.get_input_embeddings()
+        extra["inputs_embeds"] = F.embedding(
+            batch.input_ids, embed.weight, padding_idx=embed.padding_idx, sparse=True
+        )
+    else:
+        extra["input_ids"] = batch.input_ids
     return inner.get_decoder()(
-        input_ids=batch.input_ids,
         attention_mask=mask,
         position_ids=batch.position_ids,
         use_cache=False,

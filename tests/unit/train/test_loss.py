@@ -14,7 +14,7 @@ from tunecraft.data.batching import live_length, packed_batches, padded_batches,
 from tunecraft.data.render import IGNORE, TokenizedExample
 from tunecraft.models.load import load_model
 from tunecraft.train.loop import build
-from tunecraft.train.loss import compute_loss, decoder_hidden
+from tunecraft.train.loss import compute_loss, decoder_hidden, densify_grads, sparse_embedding_grad
 
 
 def _manual_loss(model, examples) -> torch.Tensor:
@@ -53,13 +53,37 @@ def test_packed_equals_padded_loss_and_gradients(make_cfg) -> None:
         ("packed", packed_batches(examples, idx, 4), "fast"),
     ):
         model = load_model(plan.model.path)
+        # The fast path's input-embedding gradient is sparse (the batch's rows only), summed
+        # into the tied LM head's dense one; the reference's comes from nn.Embedding, dense.
+        assert sparse_embedding_grad(model)
         n = sum(b.n_loss for b in batches)
         loss = sum(compute_loss(model, b, engine).loss_sum for b in batches) / n
         loss.backward()
+        assert not any(p.grad.is_sparse for p in model.parameters())
         grads[name] = (float(loss), {k: p.grad.clone() for k, p in model.named_parameters()})
     assert abs(grads["padded"][0] - grads["packed"][0]) < 1e-5
     for key, g in grads["padded"][1].items():
         torch.testing.assert_close(grads["packed"][1][key], g, rtol=1e-4, atol=1e-6)
+
+
+def test_no_sparse_embedding_gradient_for_untied_or_frozen_embeddings(make_cfg) -> None:
+    plan, _ = build(make_cfg())
+    model = load_model(plan.model.path)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    assert not sparse_embedding_grad(model)  # LoRA: frozen, no gradient at all
+    untied = load_model(plan.model.path)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    # Untied, the embedding's gradient would stay sparse for the optimizer: keep it dense.
+    assert not sparse_embedding_grad(untied)
+
+
+def test_densify_grads_makes_a_lone_sparse_gradient_dense() -> None:
+    weight = torch.nn.Parameter(torch.zeros(5, 3))
+    torch.nn.functional.embedding(torch.tensor([1, 3, 1]), weight, sparse=True).sum().backward()
+    assert weight.grad.is_sparse
+    densify_grads([weight])
+    assert not weight.grad.is_sparse
+    torch.testing.assert_close(weight.grad[:, 0], torch.tensor([0.0, 2.0, 0.0, 1.0, 0.0]))
 
 
 def test_packed_row_has_no_padding_and_shares_the_system_prompt(make_cfg) -> None:
