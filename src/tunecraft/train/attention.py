@@ -80,14 +80,15 @@ def varlen_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     assert query.shape[0] == 1, "the varlen layout is one flat row"
-    groups = query.shape[1] // key.shape[1]
+    # Grouped-query attention (each key/value head serves several query heads) is SDPA's own
+    # business: it reads the shared heads in place instead of copying them per query head.
+    gqa = query.shape[1] != key.shape[1]
     outs = []
     for index in layout.buckets:
         q, k, v = _blocks(query, index), _blocks(key, index), _blocks(value, index)
-        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        o = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+        )
         outs.append(o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3]))  # (docs * L, H, D)
     gathered = outs[0] if len(outs) == 1 else torch.cat(outs)
     out = gathered.index_select(0, layout.out_index)  # (T, H, D) in flat order
