@@ -26,7 +26,7 @@ from tunecraft.errors import TunecraftError
 from tunecraft.models.load import load_model
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train import distributed
-from tunecraft.train import attention
+from tunecraft.train import attention, linear
 from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.loss import compute_loss, densify_grads, unwrap
 from tunecraft.train.lora import apply_lora, trainable_counts
@@ -101,10 +101,25 @@ def _build_model(plan: Plan, rt: Runtime) -> Any:
         model.requires_grad_(True)
     if cfg.train.engine == "fast":
         attention.enable(unwrap(model))  # plain SDPA unless a packed layout is passed
+    choice = _linear_choice(model, plan, rt)
+    if choice is not None and choice.onednn:
+        linear.use_fast_linears(model)
     if cfg.train.compile:
         compile_decoder_layers(model)
     model.train()
     return model
+
+
+def _linear_choice(model: Any, plan: Plan, rt: Runtime) -> linear.Probe | None:
+    """Whether linears take oneDNN forward products (fp32 CPU runs only; None: not considered)."""
+    if plan.cfg.train.engine != "fast" or rt.device.type != "cpu" or rt.dtype != torch.float32:
+        return None  # bf16 linears already run in oneDNN; CUDA has cuBLAS
+    if plan.cfg.train.compile:
+        return None  # compiled layers pick their own kernels
+    if rt.world_size > 1 and plan.cfg.train.sharding == "fsdp":
+        return None  # FSDP owns its parameters' storage around each forward: leave them be
+    config = unwrap(model).config
+    return linear.probe(getattr(config, "hidden_size", 512), getattr(config, "intermediate_size", 2048))
 
 
 def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any]:
@@ -314,6 +329,9 @@ def train(
         f"{plan.total_steps} steps, {trainable:,} of {total_params:,} parameters trainable",
         step=st.step,
     )
+    choice = _linear_choice(model, plan, rt)
+    if choice is not None:
+        log.event("kernels", f"linear layers: {choice.reason}", onednn=choice.onednn)
     status, message = "finished", ""
     progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
     try:

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from tunecraft.data.batching import Batch
 from tunecraft.data.render import IGNORE
 from tunecraft.train import attention
+from tunecraft.train.linear import FastLinear, linear
 
 CHUNK_TOKENS = 1024  # rows of the LM head computed at once in the fast path
 
@@ -63,14 +64,14 @@ def reference_loss(model: Any, batch: Batch) -> LossOut:
     return LossOut(loss_sum, n_correct)
 
 
-def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = (hidden @ weight.t()).float()  # (N, V)
+def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, onednn: bool) -> torch.Tensor:
+    logits = linear(hidden, weight, None, onednn).float()  # (N, V)
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def _chunk_correct(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _chunk_correct(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, onednn: bool) -> torch.Tensor:
     with torch.no_grad():
-        return ((hidden @ weight.t()).argmax(-1) == targets).sum()
+        return (linear(hidden, weight, None, onednn).argmax(-1) == targets).sum()
 
 
 def sparse_embedding_grad(inner: Any) -> bool:
@@ -137,15 +138,16 @@ def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
     total = hidden.new_zeros((), dtype=torch.float32)
     correct = torch.zeros((), dtype=torch.long)
     chunked = h.shape[0] > CHUNK_TOKENS  # one chunk's logits may stay alive for backward
+    onednn = isinstance(head, FastLinear)  # the LM head's product like the other linears'
     for start in range(0, h.shape[0], CHUNK_TOKENS):
         hc, tc = h[start : start + CHUNK_TOKENS], targets[start : start + CHUNK_TOKENS]
         if torch.is_grad_enabled() and chunked:
             # Recompute this chunk's logits in backward instead of keeping (N, V) alive.
-            total = total + checkpoint(_chunk_ce, hc, head.weight, tc, use_reentrant=False)
+            total = total + checkpoint(_chunk_ce, hc, head.weight, tc, onednn, use_reentrant=False)
         else:
-            total = total + _chunk_ce(hc, head.weight, tc)
+            total = total + _chunk_ce(hc, head.weight, tc, onednn)
         if with_accuracy:
-            correct = correct + _chunk_correct(hc, head.weight, tc).cpu()
+            correct = correct + _chunk_correct(hc, head.weight, tc, onednn).cpu()
     return LossOut(total, correct)
 
 
