@@ -344,6 +344,7 @@ def train(
     if status in ("finished", "early_stopped"):
         log.event(status, message, step=st.step)
     summary = _summary(plan, st, status, message)
+    summary["linear_kernels"] = choice.reason if choice is not None else None
     if rt.is_main:  # the curves are on disk now: judge them (healthy / under- / overfitting)
         from tunecraft.eval.verdict import run_verdict
 

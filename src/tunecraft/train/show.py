@@ -57,6 +57,8 @@ def print_outcome(summary: dict[str, Any], run_dir: Any, console: Console) -> No
             f"final train loss {summary['final_train_loss']:.4f}; {summary['wall_s']:.0f} s, "
             f"{summary['tokens_per_s'] or 0:,.0f} tokens/s"
         )
+    if summary.get("linear_kernels"):
+        console.print(f"  linear layers: {summary['linear_kernels']}", highlight=False)
     if summary.get("verdict"):
         from tunecraft.eval.show import print_verdict
 

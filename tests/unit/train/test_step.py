@@ -101,3 +101,16 @@ def test_lora_merged_equals_unmerged(make_cfg) -> None:
     assert not torch.allclose(unmerged, plain, atol=1e-4)  # the adapter does something
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
     assert base_only is not None
+
+
+def test_run_records_which_linear_kernels_it_chose(make_cfg, tmp_path) -> None:
+    """A fast fp32 CPU run measures MKL against oneDNN and says what it picked, and why."""
+    result = loop.train(make_cfg(**{"train.max_steps": 1}))
+    kernels = [e for e in loop.read_jsonl(tmp_path / "run" / "events.jsonl") if e["event"] == "kernels"]
+    assert len(kernels) == 1 and isinstance(kernels[0]["onednn"], bool)
+    assert result.summary["linear_kernels"] == kernels[0]["message"].removeprefix("linear layers: ")
+    n_fast = sum(type(m).__name__ == "FastLinear" for m in result.model.modules())
+    assert (n_fast > 0) == kernels[0]["onednn"]  # the model runs what the run reports
+    reference = loop.train(make_cfg(**{"train.max_steps": 1, "train.engine": "reference",
+                                       "train.out": str(tmp_path / "ref")}))
+    assert reference.summary["linear_kernels"] is None  # the yardstick path stays plain
