@@ -17,6 +17,7 @@ TRL is a benchmark-only dependency: `pip install -e ".[bench]"` (make bench does
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import datetime as dt
 import json
@@ -163,7 +164,7 @@ def _padded_positions(trainer: Any, args: argparse.Namespace) -> int:
 def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
     from tunecraft.config import build_config
     from tunecraft.train.loop import build, train
-    from tunecraft.train.runlog import read_jsonl
+    from tunecraft.rundir import read_jsonl
 
     cfg = build_config(values={
         "model.name": str(model_dir), "data.train": str(train_path), "data.val": str(train_path),
@@ -174,9 +175,9 @@ def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, o
         "train.schedule": "cosine", "train.warmup_ratio": 0.05, "train.precision": args.precision,
     })
     plan, rt = build(cfg)
-    plan.val = plan.val[:8]  # the loop's own validation is not what we time: keep it tiny
+    plan = dataclasses.replace(plan, val=plan.val[:8])  # the loop's own validation is not what we time
     t0 = time.perf_counter()
-    train(plan.cfg, plan=plan, rt=rt)
+    train(plan, rt)
     wall = time.perf_counter() - t0
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
     step_times = [rows[0]["elapsed_s"]] + [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:])]
@@ -298,7 +299,7 @@ def main() -> None:
 
     from tunecraft.hardware import has_fast_bf16
     from tunecraft.models.resolve import resolve_model
-    from tunecraft.train.lora import count_params
+    from tunecraft.models.facts import count_params
 
     if args.precision == "auto":
         args.precision = "bf16" if has_fast_bf16() else "fp32"

@@ -84,3 +84,11 @@ def build_full_run(run_dir: Path, base_dir: Path, seed: int = 0, scale: float = 
         shutil.copy(base_dir / "generation_config.json", run_dir / "model" / "generation_config.json")
     _write_run_files(run_dir, base_dir, "full", None)
     return run_dir
+
+
+def train_config(cfg, resume: bool = False, console=None):
+    """Plan and train a config in this process (what `tunecraft train` does, minus printing)."""
+    from tunecraft.train.loop import build, train
+
+    plan, rt = build(cfg)
+    return train(plan, rt, resume=resume, console=console)

@@ -258,7 +258,7 @@ def sweep(
     """Train a small grid of variants and rank them by validation loss (table + sweep.json)."""
     import datetime as dt
 
-    from tunecraft.eval.sweep import run_sweep, sweep_table
+    from tunecraft.train.sweep import run_sweep, sweep_table
     from tunecraft.train.entry import split_args
 
     config, axes = split_args(args or [])

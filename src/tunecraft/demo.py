@@ -77,7 +77,7 @@ def run_demo(console: Console, out: Path | None = None) -> int:
     plan, rt = build(cfg, on_status=console.print)
     print_plan(plan, console)
     console.rule("[bold]2. fine-tune (LoRA)")
-    result = train(plan.cfg, console=console, plan=plan, rt=rt)
+    result = train(plan, rt, console=console)
     print_outcome(result.summary, result.run_dir, console)
     console.rule("[bold]3. before and after, on held-out test data")
     payload = compare(run_dir, root / "support" / "test.jsonl", console)

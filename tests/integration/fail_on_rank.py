@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from tunecraft.cli import main
-from tunecraft.train import loop
+from tunecraft.train import distributed
 
 FAIL_AT = 3
 
@@ -15,7 +15,7 @@ FAIL_AT = 3
 def _fail_on_rank_1() -> None:
     if os.environ.get("RANK") != "1":
         return
-    real = loop.compute_loss
+    real = distributed.compute_loss
     calls = {"n": 0}
 
     def failing(model: Any, batch: Any, engine: str, with_accuracy: bool = False) -> Any:
@@ -25,7 +25,7 @@ def _fail_on_rank_1() -> None:
                 raise RuntimeError("injected failure on rank 1")
         return real(model, batch, engine, with_accuracy)
 
-    loop.compute_loss = failing  # our own module, for this test process only
+    distributed.compute_loss = failing  # our own module, for this test process only
 
 
 if __name__ == "__main__":

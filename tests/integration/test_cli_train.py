@@ -11,7 +11,7 @@ import torch
 
 from tiny import write_chat_data
 from tunecraft.config import load_config
-from tunecraft.train.runlog import read_jsonl
+from tunecraft.rundir import read_jsonl
 
 TRAIN_FIELDS = {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"}
 SUMMARY_FIELDS = {

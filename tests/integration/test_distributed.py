@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from tiny import write_chat_data
-from tunecraft.train.checkpoint import complete_checkpoints
-from tunecraft.train.runlog import read_jsonl
+from tunecraft.rundir import complete_checkpoints
+from tunecraft.rundir import read_jsonl
 
 HERE = Path(__file__).parent
 LOSS_TOL = 1e-5  # per-step loss, fp32: ranks only regroup the same sums
@@ -110,7 +110,7 @@ def _train_rows(run: Path) -> list[dict[str, Any]]:
 
 
 def _final(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(complete_checkpoints(run / "checkpoints")[-1] / "trainable.safetensors"))
+    return load_file(str(complete_checkpoints(run)[-1] / "trainable.safetensors"))
 
 
 def _max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -165,13 +165,13 @@ def test_sigkilled_two_process_run_resumes_and_finishes(runs: Runs, tmp_path: Pa
                             start_new_session=True)
 
     def saved_step_3() -> bool:
-        done = complete_checkpoints(run / "checkpoints")
+        done = complete_checkpoints(run)
         return bool(done) and int(done[-1].name.split("-")[1]) >= 3
 
     _wait_for(saved_step_3, proc, "step 3 was saved")
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, without warning
     proc.wait(timeout=30)
-    killed_at = int(complete_checkpoints(run / "checkpoints")[-1].name.split("-")[1])
+    killed_at = int(complete_checkpoints(run)[-1].name.split("-")[1])
     assert killed_at < 10
     _run(_two(["train", "--resume", "--out", str(run)]))
     rows = _train_rows(run)
@@ -192,7 +192,7 @@ def test_killed_two_process_run_stops_every_rank_at_one_step_then_resumes(runs: 
     events = read_jsonl(run / "events.jsonl")
     assert events[-1]["event"] == "interrupted"
     stopped = events[-1]["step"]
-    assert [p.name for p in complete_checkpoints(run / "checkpoints")][-1] == f"step-{stopped:06d}"
+    assert [p.name for p in complete_checkpoints(run)][-1] == f"step-{stopped:06d}"
     _run(_two(["train", "--resume", "--out", str(run)]))
     assert read_jsonl(run / "events.jsonl")[-1]["event"] == "finished"
     assert _max_weight_diff(_final(runs.get("lora", 1)), _final(run)) < WEIGHT_TOL

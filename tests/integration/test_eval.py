@@ -14,8 +14,8 @@ import pytest
 from tiny import write_chat_data
 from tunecraft.config import build_config
 from tunecraft.eval.report import SECTIONS
-from tunecraft.train.loop import train
-from tunecraft.train.runlog import read_jsonl
+from runs import train_config as train
+from tunecraft.rundir import read_jsonl
 
 BASE = {
     "train.precision": "fp32", "train.method": "full", "train.batch_size": 8,

@@ -12,7 +12,7 @@ import yaml
 
 from tiny import write_chat_data
 from tunecraft.errors import ConfigError
-from tunecraft.eval.sweep import expand, parse_grid, run_sweep
+from tunecraft.train.sweep import expand, parse_grid, run_sweep
 
 
 def test_grid_parsing_aliases_and_names() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from tunecraft import paths
+from tunecraft.durable import atomic_write, atomic_write_text
 from tunecraft.data.render import TokenizedExample
 
 RENDER_VERSION = "1"  # bump when render.py changes what it produces
@@ -53,26 +53,24 @@ def _entry(key: str) -> Path:
 
 
 def load_cached(key: str) -> list[TokenizedExample] | None:
+    """The cached examples of `key`, or None when there is no usable entry (it is rebuilt)."""
     path = _entry(key)
     if not path.is_file():
         return None
     try:
         arrays = load_file(str(path))
         meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable entry: rebuild it
-    ids, labels, offsets = arrays["ids"], arrays["labels"], arrays["offsets"]
-    out = []
-    for i, (p, line, cut) in enumerate(meta["rows"]):
-        a, b = int(offsets[i]), int(offsets[i + 1])
-        out.append(TokenizedExample(ids[a:b].tolist(), labels[a:b].tolist(), p, line, cut))
-    return out
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+        ids, labels, offsets = arrays["ids"], arrays["labels"], arrays["offsets"]
+        rows = meta["rows"]
+        if len(offsets) != len(rows) + 1:
+            return None
+        return [
+            TokenizedExample(ids[int(offsets[i]) : int(offsets[i + 1])].tolist(),
+                             labels[int(offsets[i]) : int(offsets[i + 1])].tolist(), p, line, cut)
+            for i, (p, line, cut) in enumerate(rows)
+        ]
+    except Exception:  # torn, truncated or foreign entry (safetensors raises its own error type)
+        return None
 
 
 def store(key: str, examples: list[TokenizedExample]) -> None:
@@ -83,8 +81,8 @@ def store(key: str, examples: list[TokenizedExample]) -> None:
     path = _entry(key)
     meta = {"rows": [[e.path, e.line, e.truncated] for e in examples]}
     # JSON first: an entry counts only once its .safetensors exists.
-    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta), encoding="utf-8"))
-    _atomic_write(
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
+    atomic_write(
         path,
         lambda p: save_file({"ids": flat_ids, "labels": flat_labels, "offsets": offsets}, str(p)),
     )

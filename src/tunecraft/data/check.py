@@ -20,7 +20,7 @@ from tunecraft.data.dedup import duplicate_issues, find_duplicates, find_leaks, 
 from tunecraft.data.formats import ParsedFile, parse_file
 from tunecraft.data.render import TemplateMode
 from tunecraft.data.schema import Format, Issue
-from tunecraft.data.stats import TokenStats, default_max_length, length_issues, token_stats
+from tunecraft.data.stats import TokenStats, length_issues, token_stats
 from tunecraft.errors import ConfigError
 
 # Below this many training examples fine-tuning rarely changes behaviour reliably; OpenAI's
@@ -141,8 +141,10 @@ def check_data(
     )
     clean = [(f, parsed[f.role]) for f in report.files if not parsed[f.role].n_errors and f.examples]
     if clean:  # only now touch the model, and only its tokenizer
+        from tunecraft.models.facts import context_length
+
         tokenizer, model_dir, report.model = _load_tokenizer(model, on_status)
-        report.max_length = max_length or default_max_length(tokenizer, model_dir)
+        report.max_length = max_length or context_length(tokenizer, model_dir)
         for file_report, pf in clean:
             stats, issues = token_stats(pf.examples, tokenizer, report.max_length, template,
                                         system_prompt)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,3 @@ def truncate(examples: list[TokenizedExample], max_length: int) -> list[Tokenize
     return out
 
 
-def write_split(run_dir: Path, split: dict[str, Any]) -> None:
-    """Record in the run directory which rows trained and which validated."""
-    (run_dir / "data").mkdir(parents=True, exist_ok=True)
-    (run_dir / "data" / "split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")

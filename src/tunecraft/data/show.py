@@ -15,7 +15,6 @@ from rich.text import Text
 from tunecraft.data.loader import load_examples
 from tunecraft.data.render import IGNORE, TokenizedExample, tokenize_example
 from tunecraft.data.schema import Example
-from tunecraft.data.stats import default_max_length
 from tunecraft.errors import ConfigError
 
 LOSS_STYLE = "black on green"
@@ -70,6 +69,7 @@ def show_examples(
     console: Console,
 ) -> None:
     """Print the first `n` examples of `data` as `model`'s tokenizer renders them for training."""
+    from tunecraft.models.facts import context_length
     from tunecraft.models.load import load_tokenizer
     from tunecraft.models.registry import DEFAULT_MODEL
     from tunecraft.models.resolve import resolve_model
@@ -79,7 +79,7 @@ def show_examples(
     examples = load_examples(data)[: max(n, 0)]  # validation first: DataError lists all errors
     resolved = resolve_model(model or DEFAULT_MODEL)
     tokenizer = load_tokenizer(resolved.path)
-    length = max_length or default_max_length(tokenizer, resolved.path)
+    length = max_length or context_length(tokenizer, resolved.path)
     color = console.color_system is not None and not console.no_color
     console.print(legend(color))
     for ex in examples:

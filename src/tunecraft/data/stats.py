@@ -6,11 +6,9 @@ the same loss mask as training), so the counts here are the counts training will
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
@@ -19,9 +17,6 @@ from tunecraft.data.render import IGNORE, TemplateMode, tokenize_example
 from tunecraft.data.schema import Example, Issue
 from tunecraft.errors import DataError
 
-DEFAULT_MAX_LENGTH = 2048  # when neither the tokenizer nor the model config states a context
-# Tokenizers without a limit report a huge sentinel (int(1e30)); anything above this is "unset".
-UNSET_LENGTH = 1_000_000
 MAX_LISTED = 10  # line numbers named in one message
 
 
@@ -50,24 +45,6 @@ def percentile(sorted_values: Sequence[int], p: float) -> int:
         return 0
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
-
-
-def _config_context(model_dir: Path | None) -> int | None:
-    if model_dir is None or not (model_dir / "config.json").is_file():
-        return None
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    value = config.get("max_position_embeddings")
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def default_max_length(tokenizer: Any, model_dir: Path | None = None) -> int:
-    """The model's context length: the tokenizer's limit capped at the model's positions."""
-    limits = [_config_context(model_dir)]
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < UNSET_LENGTH:
-        limits.append(tok_limit)
-    known = [x for x in limits if x is not None]
-    return min(known) if known else DEFAULT_MAX_LENGTH
 
 
 def token_stats(

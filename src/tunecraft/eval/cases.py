@@ -7,11 +7,10 @@ Also reads back which rows trained a run (`data/split.json`), for few-shot examp
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from tunecraft import rundir
 from tunecraft.data.loader import load_examples
 from tunecraft.data.render import to_messages
 from tunecraft.data.schema import Example, Message
@@ -75,8 +74,7 @@ def training_examples(run_dir: Path, train_path: str | None) -> tuple[list[Examp
     if not path.is_file():
         return [], f"{path}: training file not found (run eval from where you ran train)"
     examples = load_examples(path)
-    split_file = run_dir / "data" / "split.json"
-    split: dict[str, Any] = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    split = rundir.read_split(run_dir)
     if split.get("kind") == "split":
         # Only the rows that trained: the held-out validation rows must not become few-shot.
         lines = set(split.get("train_lines", []))

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tunecraft.errors import TunecraftError
-from tunecraft.serve.rundir import RunInfo
+from tunecraft.rundir import CHECKPOINTS, RunInfo
 
 ADAPTER_NAME = "default"  # the adapter name peft gives at training time (get_peft_model)
 
@@ -30,9 +30,9 @@ def find_checkpoint(run_dir: Path, name: str) -> Path:
     candidate = Path(name)
     if not candidate.is_dir():
         step = name.removeprefix("step-")
-        candidate = run_dir / "checkpoints" / (f"step-{int(step):06d}" if step.isdigit() else name)
+        candidate = run_dir / CHECKPOINTS / (f"step-{int(step):06d}" if step.isdigit() else name)
     if not (candidate / "trainable.safetensors").is_file():
-        root = run_dir / "checkpoints"
+        root = run_dir / CHECKPOINTS
         have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise CheckpointError(
             f"{candidate}: no checkpoint with trainable.safetensors; available: {', '.join(have) or 'none'}"

@@ -9,7 +9,6 @@ curves, and the ship verdict. Everything lands in `RUN_DIR/eval.json` and the HT
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tempfile
 import time
@@ -19,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunecraft.config import RunConfig, load_config
+from tunecraft import rundir
+from tunecraft.config import RunConfig
+from tunecraft.curves import Verdict, run_verdict
 from tunecraft.errors import ConfigError
 from tunecraft.eval import metrics as M
 from tunecraft.eval.baselines import PromptSpec, build_prompt
@@ -27,9 +28,9 @@ from tunecraft.eval.bootstrap import Interval, bootstrap_mean, bootstrap_paired_
 from tunecraft.eval.cases import EvalCase, case_from_example, load_cases, scoring_example, training_examples
 from tunecraft.eval.checkpoints import find_checkpoint, materialize
 from tunecraft.eval.heldout import heldout_loss, tokenize_for
-from tunecraft.eval.verdict import Verdict, run_verdict, ship_verdict
+from tunecraft.eval.verdict import ship_verdict
 from tunecraft.serve.engine import LoadedModel, ModelCache, SamplingParams, generate_chat, load_target
-from tunecraft.serve.rundir import read_run, resolve_base
+from tunecraft.rundir import read_run, resolve_base
 
 BASELINES = ("base", "prompted")
 # Test loss this many times the best validation loss hints that validation did not represent test.
@@ -63,7 +64,7 @@ class EvalOptions:
 
 def options_for(run_dir: Path, data: Path, **given: Any) -> EvalOptions:
     """Options from the run's `eval:` config section, overridden by what was given (not None)."""
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else RunConfig()
+    cfg = rundir.read_config(run_dir)
     base = {
         "baselines": list(cfg.eval.baselines), "limit": cfg.eval.limit,
         "max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size,
@@ -217,8 +218,7 @@ def _eval_notes(verdict: Verdict, tuned: SystemResult) -> list[str]:
 
 
 def _data_stats(run_dir: Path, cases: list[EvalCase], kind: M.AnswerKind, n_train_rows: int) -> dict[str, Any]:
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    summary = rundir.read_summary(run_dir)
     words = sorted(len(c.reference.split()) for c in cases)
     stats: dict[str, Any] = {
         "train_examples": summary.get("train_examples", n_train_rows),
@@ -245,7 +245,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     opts.check()
     info = read_run(run_dir)  # fails early, with the missing file named
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else RunConfig()
+    cfg = rundir.read_config(run_dir)
     cases = load_cases(opts.data, opts.limit)
     train, why = _train_cases(run_dir, cfg)
     kind = M.detect_kind([c.reference for c in train] + [c.reference for c in cases])
@@ -283,7 +283,7 @@ def evaluate_run(
         "data_stats": _data_stats(run_dir, cases, kind, len(train)),
         "cases": _case_rows(cases, results),
     }
-    (run_dir / "eval.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    rundir.write_eval(run_dir, payload)
     if opts.report:
         from tunecraft.eval.report import write_report
 

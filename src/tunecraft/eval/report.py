@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from tunecraft.train.runlog import read_jsonl
+from tunecraft import rundir
 
 SAMPLE = 10  # side-by-side answers shown besides the flipped ones
 SECTIONS = ("verdicts", "curves", "metrics", "data", "config", "answers", "flips")
@@ -248,17 +247,11 @@ def render_report(payload: dict[str, Any], rows: list[dict[str, Any]], config_te
 
 def write_report(run_dir: Path, payload: dict[str, Any]) -> Path:
     """Write RUN_DIR/report/index.html from an eval payload and the run's logs."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / rundir.CONFIG
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
-    out = run_dir / "report" / "index.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("index.html.tmp")
-    tmp.write_text(render_report(payload, rows, config_text), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return rundir.write_report(run_dir, render_report(payload, rundir.read_metrics(run_dir), config_text))
 
 
 def payload_from(run_dir: Path) -> dict[str, Any]:
     """The last evaluation of a run (eval.json), to re-render the report without re-running."""
-    return json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    return rundir.read_eval(run_dir)

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunecraft.curves import print_verdict
+
 
 SHORT = {"accuracy": "acc", "token_f1": "F1"}  # column headers that fit an 80-column terminal
 
@@ -58,17 +60,3 @@ def print_eval(payload: dict[str, Any], console: Console) -> None:
     console.print(f"[bold {'green' if ship['ship'] else 'red'}]{ship['line']}[/]", highlight=False)
     if payload.get("report"):
         console.print(f"  report: {payload['report']}", highlight=False)
-
-
-def print_verdict(verdict: dict[str, Any], console: Console) -> None:
-    """The overfitting verdict (also printed by `train` at the end)."""
-    colour = {"healthy": "green", "underfitting": "yellow"}.get(verdict["status"], "red")
-    console.print(f"  [bold {colour}]{verdict['message']}[/]", highlight=False)
-    rec = verdict.get("recommended") or {}
-    if rec:
-        console.print(f"  recommended: step {rec['step']} ({rec.get('checkpoint') or rec['path']}): "
-                      f"{rec['reason']}", highlight=False)
-    if verdict.get("suggestions"):
-        console.print("  try: " + "; ".join(verdict["suggestions"]), highlight=False)
-    for note in verdict.get("notes") or []:
-        console.print(f"  note: {note}", highlight=False)

@@ -8,9 +8,7 @@ half-written or unverified artifact.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from tunecraft.durable import atomic_dir
 from tunecraft.errors import TunecraftError
 from tunecraft.export.gguf_writer import GgufType, write_gguf
 from tunecraft.export.verify import (
@@ -28,7 +27,7 @@ from tunecraft.export.verify import (
     generation_config_eos,
 )
 from tunecraft.serve.engine import LoadedModel, load_target
-from tunecraft.serve.rundir import RunInfo, read_run, resolve_base
+from tunecraft.rundir import RunInfo, read_run, resolve_base
 
 Format = Literal["adapter", "merged", "gguf"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -219,18 +218,12 @@ def export_run(
     status = on_status or (lambda _msg: None)
     info = read_run(run_dir)
     ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the exported dir is meant to be shared
-    try:
+    # Written and verified in a temp dir beside `out`, which it replaces only if every check passed.
+    with atomic_dir(out) as tmp:
         status(f"writing {fmt} export of {info.run_dir.name}")
         key = _write(fmt, info, ref, tmp, dtype or "float32", gguf_type)
         status("verifying the export against the run")
         checks = _verify(info, ref, tmp, fmt, key)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, fmt if fmt != "gguf" else f"gguf ({gguf_type})", checks)
 
 
@@ -246,12 +239,3 @@ def _write(fmt: str, info: RunInfo, ref: LoadedModel, tmp: Path, dtype: str, ggu
     return f"gguf-{gguf_type}"
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the verified artifact into place (same filesystem: the final rename is atomic)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tunecraft import paths
-from tunecraft.durable import fsync_dir, fsync_tree
+from tunecraft.durable import atomic_dir
 from tunecraft.errors import ModelNotFoundError
 
 COMPLETE_MARKER = ".tunecraft-complete.json"
@@ -128,25 +127,18 @@ def _convert_locked(
         shutil.rmtree(stale, ignore_errors=True)
     if final.exists():  # incomplete leftover of an older layout
         shutil.rmtree(final)
-    tmp = root / f"{key}.tmp-{os.getpid()}"
     report(f"converting {gguf.name} to a Hugging Face directory (once, ~20 s)")
     start = time.perf_counter()
     try:
-        _convert_into(gguf, tmp)
-        (tmp / COMPLETE_MARKER).write_text(
-            json.dumps({"source": str(gguf), "size": gguf.stat().st_size}), encoding="utf-8"
-        )
-        fsync_tree(tmp)
-        os.replace(tmp, final)
-        fsync_dir(root)  # make the rename itself durable
+        with atomic_dir(final) as tmp:  # Ctrl-C or a failure leaves no half-written directory
+            _convert_into(gguf, tmp)
+            (tmp / COMPLETE_MARKER).write_text(
+                json.dumps({"source": str(gguf), "size": gguf.stat().st_size}), encoding="utf-8"
+            )
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ModelNotFoundError(
             f"{gguf}: could not convert it to a Hugging Face model ({type(exc).__name__}: {exc}). "
             "transformers reads GGUF files of the architectures it supports (Llama, Mistral, "
             "Qwen2, ...); otherwise pass a Hugging Face directory with safetensors weights."
         ) from exc
-    except BaseException:  # Ctrl-C: leave no half-written directory behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report(f"converted in {time.perf_counter() - start:.0f} s: {final}")

@@ -25,7 +25,8 @@ import torch
 
 from tunecraft.data.render import TemplateMode, prompt_ids, tokenize_segments
 from tunecraft.errors import TunecraftError
-from tunecraft.serve.rundir import is_run_dir, read_run, resolve_base
+from tunecraft.models.facts import context_length, inference_dtype, pick_device
+from tunecraft.rundir import is_run_dir, read_run, resolve_base
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -113,15 +114,6 @@ class LoadedModel:
         return ids
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    # fp32 on CPU keeps log-probs exact; bf16 on GPU is what the hardware is fast at.
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def end_of_turn_ids(tokenizer: Any, model_dirs: Sequence[Path]) -> tuple[int, ...]:
     """The tokenizer's EOS (the end-of-turn token training appended) plus generation-config EOS ids."""
     ids: list[int] = []
@@ -144,14 +136,6 @@ def end_of_turn_ids(tokenizer: Any, model_dirs: Sequence[Path]) -> tuple[int, ..
     return tuple(ids)
 
 
-def _context_length(module: Any, tokenizer: Any) -> int:
-    config = getattr(module, "config", None)
-    n = getattr(config, "max_position_embeddings", None)
-    if n:
-        return int(n)
-    return int(min(getattr(tokenizer, "model_max_length", 2048), 1 << 20))
-
-
 def load_target(
     target: str,
     *,
@@ -169,8 +153,8 @@ def load_target(
     from tunecraft.models.load import load_tokenizer
 
     cache = cache or ModelCache()
-    dev = torch.device(device) if device is not None else default_device()
-    dt = dtype or default_dtype(dev)
+    dev = torch.device(device) if device is not None else pick_device()
+    dt = dtype or inference_dtype(dev)
     path = Path(target).expanduser()
     if path.is_dir() and is_run_dir(path):
         info = read_run(path)
@@ -182,10 +166,10 @@ def load_target(
             shared = cache.get(base_dir, dt, dev, trust)
             _attach_adapter(shared, info.model_dir, model_id)
             adapter: str | None = model_id
-            eos_dirs = [info.model_dir, base_dir]
+            eos_dirs, model_dir = [info.model_dir, base_dir], base_dir
         else:
             shared = cache.get(info.model_dir, dt, dev, trust)
-            adapter, eos_dirs = None, [info.model_dir]
+            adapter, eos_dirs, model_dir = None, [info.model_dir], info.model_dir
         template, system_prompt = info.template, info.system_prompt
     else:
         from tunecraft.models.resolve import resolve_model
@@ -194,7 +178,7 @@ def load_target(
         model_id = name or target
         tokenizer = load_tokenizer(resolved.path, trust_remote_code=trust_remote_code)
         shared = cache.get(resolved.path, dt, dev, trust_remote_code)
-        adapter, eos_dirs = None, [resolved.path]
+        adapter, eos_dirs, model_dir = None, [resolved.path], resolved.path
         template, system_prompt = "auto", None
     return LoadedModel(
         name=model_id,
@@ -202,7 +186,7 @@ def load_target(
         template=template,
         system_prompt=system_prompt,
         eos_token_ids=end_of_turn_ids(tokenizer, eos_dirs),
-        context_length=_context_length(shared.module, tokenizer),
+        context_length=context_length(tokenizer, model_dir),
         device=dev,
         shared=shared,
         adapter=adapter,

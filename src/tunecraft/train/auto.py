@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from tunecraft.config import RunConfig
+from tunecraft.data.batching import steps_per_epoch
+from tunecraft.hardware import has_fast_bf16, usable_physical_cores
+from tunecraft.train.runtime import local_world_size
 
 LORA_MIN_PARAMS = 50_000_000  # below this, full fine-tuning is cheap and usually better
 
@@ -48,6 +53,11 @@ def choose_epochs(n_train: int) -> Choice:
     return Choice("train.epochs", 1.0, f"{n_train} examples: one pass is enough")
 
 
+def epochs_for_steps(max_steps: int, n_train: int, batch_size: int) -> Choice:
+    per_epoch = steps_per_epoch(n_train, batch_size)
+    return Choice("train.epochs", max_steps / per_epoch, f"--max-steps {max_steps} at {per_epoch} steps per epoch")
+
+
 def choose_batch_size(n_train: int) -> Choice:
     if n_train >= 160:
         return Choice("train.batch_size", 16, "16 examples per step")
@@ -79,6 +89,30 @@ def choose_compile() -> Choice:
 def choose_eval_every(total_steps: int) -> Choice:
     value = max(1, total_steps // 10)
     return Choice("train.eval_every", value, f"about 10 evaluations over {total_steps} steps")
+
+
+def choose_save_every(eval_every: int) -> Choice:
+    return Choice("train.save_every", eval_every, "a checkpoint at each evaluation")
+
+
+def choose_precision(device: torch.device, deterministic: bool) -> Choice:
+    if deterministic:
+        return Choice("train.precision", "fp32", "deterministic mode computes in fp32")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Choice("train.precision", "bf16", "this GPU computes bf16 natively")
+        return Choice("train.precision", "fp32", "this GPU has no native bf16")
+    if has_fast_bf16():
+        return Choice("train.precision", "bf16", "this CPU has native bf16 matrix units (AMX or AVX-512 BF16)")
+    return Choice("train.precision", "fp32", "this CPU has no native bf16: bf16 would be emulated, "
+                  "~20x slower than fp32")
+
+
+def choose_threads() -> Choice:
+    cores, procs = usable_physical_cores(), local_world_size()
+    value = max(1, cores // procs)
+    where = f"{cores} physical cores" + (f" shared by {procs} processes" if procs > 1 else "")
+    return Choice("train.threads", value, f"one thread per core: {where}")
 
 
 def apply(cfg: RunConfig, choice: Choice) -> None:

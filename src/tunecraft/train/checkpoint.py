@@ -7,8 +7,9 @@ A checkpoint directory `checkpoints/step-000120/` holds:
 - `state.json`: step, best validation loss and step, patience, the LR schedule position,
   and python's `random` state; `COMPLETE` is written last.
 
-It is written to `step-000120.tmp-<pid>/`, every file fsynced, then renamed: a crash leaves
-either a complete checkpoint or a temp directory that is ignored and later removed.
+It is written through `durable.atomic_dir` (a temp directory, every file fsynced, then renamed):
+a crash leaves either a complete checkpoint or a temp directory that is ignored and later removed.
+Which checkpoints are complete is the run directory's contract (`rundir.complete_checkpoints`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunecraft.durable import fsync_dir, fsync_tree
-
-COMPLETE = "COMPLETE"
+from tunecraft import rundir
+from tunecraft.durable import atomic_dir
+from tunecraft.rundir import COMPLETE
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -109,24 +110,18 @@ def save_checkpoint(
     `trainable` and `optimizer_state`, when given, replace the model's and optimizer's own
     (sharded training passes them gathered whole, so every checkpoint has one format).
     """
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f"step-{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable if trainable is not None else trainable_state(model), str(tmp / "trainable.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer_state if optimizer_state is not None else optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
-    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
-    full_state = {**state, "step": step, "py_random": _py_random_state()}
-    (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
-    (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
-    fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
+    with atomic_dir(final) as tmp:
+        save_file(trainable if trainable is not None else trainable_state(model), str(tmp / "trainable.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_files(
+            optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        )
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
+        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        full_state = {**state, "step": step, "py_random": _py_random_state()}
+        (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
+        (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
     prune(root, keep, protect or set())
     return final
 
@@ -136,25 +131,14 @@ def _py_random_state() -> list[Any]:
     return [version, list(internal), gauss]
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp dirs and those without COMPLETE are skipped)."""
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and ".tmp-" not in p.name and (p / COMPLETE).is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def prune(root: Path, keep: int, protect: set[int]) -> None:
-    for stale in root.glob("step-*.tmp-*"):
+    """Remove other processes' stale temp dirs and all but the newest `keep` (and `protect`)."""
+    for stale in [*root.glob("step-*.tmp-*"), *root.glob("step-*.old-*")]:
         if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
             shutil.rmtree(stale, ignore_errors=True)
-    checkpoints = complete_checkpoints(root)
+    checkpoints = rundir.complete_checkpoints(root.parent)
     for ckpt in checkpoints[:-keep] if keep else checkpoints:
-        if int(ckpt.name.split("-")[1]) not in protect:
+        if rundir.checkpoint_step(ckpt) not in protect:
             shutil.rmtree(ckpt, ignore_errors=True)
 
 

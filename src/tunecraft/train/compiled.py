@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunecraft.train.distributed import decoder_layers
-from tunecraft.train.loss import unwrap
+from tunecraft.models.facts import decoder_layers, unwrap
 
 
 def compile_decoder_layers(model: Any) -> int:

@@ -6,29 +6,20 @@ and export render prompts exactly as training did.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tunecraft.train.loss import unwrap
+from tunecraft.durable import atomic_dir
+from tunecraft.models.facts import unwrap
 
 
 def save_deliverable(
     model: Any, tokenizer: Any, out: Path, method: str, state_dict: dict[str, Any] | None = None
 ) -> None:
     """`state_dict`, when given, is saved instead of the model's own (sharded training gathers it)."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     extra = {} if state_dict is None else {"state_dict": state_dict}
-    if method == "lora":
-        model.save_pretrained(str(tmp), safe_serialization=True, **extra)  # adapter only
-    else:
-        inner = unwrap(model)
-        inner.save_pretrained(str(tmp), safe_serialization=True, **extra)
-    tokenizer.save_pretrained(str(tmp))
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        # LoRA: the PeftModel saves the adapter only; full: the transformers model under it.
+        owner = model if method == "lora" else unwrap(model)
+        owner.save_pretrained(str(tmp), safe_serialization=True, **extra)
+        tokenizer.save_pretrained(str(tmp))

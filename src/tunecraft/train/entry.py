@@ -52,7 +52,6 @@ def run_train(
     """
     import transformers
 
-    from tunecraft.train import distributed
     from tunecraft.train.loop import build, measure_step_time, train
     from tunecraft.train.show import print_outcome, print_plan
 
@@ -68,12 +67,12 @@ def run_train(
     # collective, and exiting (torchrun then stops the others) releases everything.
     if dry_run:
         step_s = measure_step_time(plan, rt)
-        distributed.shutdown()
+        rt.dist.shutdown()
         print_plan(plan, console, step_s=step_s)
         return 0
     if not resume:
         print_plan(plan, console)
-    result = train(plan.cfg, resume=resume, console=console, plan=plan, rt=rt)
-    distributed.shutdown()
+    result = train(plan, rt, resume=resume, console=console)
+    rt.dist.shutdown()
     print_outcome(result.summary, result.run_dir, console)
     return 130 if result.status == "interrupted" else 0

@@ -6,8 +6,8 @@ on the 2-core AMD EPYC, about 1.1x on the decoder's shapes (interleaved with MKL
 a step) and 1.8x on the LM head's, for 3-4% of a training step (README, Performance). The
 backward products stay with torch's matmul, which was not slower there.
 
-Nothing here is global: `use_fast_linears(model)` turns the model's own `nn.Linear` modules
-into `FastLinear`, a subclass with the same parameters (state dicts, peft and saving are
+Nothing here is global: `use_fast_linears(model)` replaces the model's `nn.Linear` modules
+with `FastLinear` modules over the same parameters (state dicts, peft and saving are
 unchanged), and `probe()` times both backends on this machine once per process and picks
 oneDNN only when it is faster. Anything else (CUDA, bf16, autocast, no oneDNN) is plain
 `F.linear`.
@@ -72,6 +72,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, one
 class FastLinear(torch.nn.Linear):
     """An `nn.Linear` whose fp32 CPU forward product runs in oneDNN (same parameters)."""
 
+    @classmethod
+    def sharing(cls, plain: torch.nn.Linear) -> FastLinear:
+        """A FastLinear over `plain`'s own weight and bias (no copy, no new allocation)."""
+        with torch.device("meta"):  # the placeholders made by __init__ are dropped below
+            fast = cls(plain.in_features, plain.out_features, bias=plain.bias is not None)
+        fast.weight = plain.weight
+        fast.bias = plain.bias
+        fast.train(plain.training)
+        return fast
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, onednn=True)
 
@@ -111,14 +121,18 @@ def probe(hidden: int, intermediate: int) -> Probe:
 
 
 def use_fast_linears(model: torch.nn.Module) -> int:
-    """Turn every plain `nn.Linear` of `model` into a `FastLinear` in place; returns how many.
+    """Replace every plain `nn.Linear` in `model` with a `FastLinear`; returns how many.
 
-    The class of each instance changes, nothing else: the same parameter objects, names,
-    hooks and state dict, so optimizers, peft wrappers and checkpoints see no difference.
+    Each replacement is a new module holding the *same* parameter objects, set on its parent
+    by name (`setattr`), so optimizers, tied weights, peft's adapters and state dicts see the
+    same tensors under the same names. No instance changes class.
     """
-    count = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = FastLinear
-            count += 1
-    return count
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear
+    ]
+    for parent, name, child in swaps:
+        setattr(parent, name, FastLinear.sharing(child))
+    return len(swaps)

@@ -1,15 +1,16 @@
 """The training loop: one function for full fine-tuning and LoRA.
 
-`train(cfg)` reads top to bottom: plan (validate, resolve, auto settings) -> build (model,
-LoRA, optimizer) -> resume -> loop (forward, masked loss, backward, clip, step, schedule,
-eval, early stop, checkpoint) -> final eval -> summary. LoRA changes only which parameters
-train and what `model/` holds.
+`build(cfg)` plans (validate, resolve, auto settings) and sets up the runtime; `train(plan, rt)`
+then reads top to bottom in the order it runs: run directory -> model (LoRA, kernels) ->
+optimizer -> resume -> steps (forward, masked loss, backward, clip, step, schedule, eval, early
+stop, checkpoint) -> summary and the curves' verdict. LoRA changes only which parameters train
+and what `model/` holds. Every setting comes from `plan.settings`; every cross-process
+operation goes through `rt.dist` (a no-op with one process).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -19,21 +20,20 @@ from typing import Any
 
 import torch
 
-from tunecraft.config import RunConfig, dump_config
-from tunecraft.data.batching import Batch, padded_batches, packed_batches, plan_steps, steps_per_epoch
-from tunecraft.data.prepare import write_split
+from tunecraft import rundir
+from tunecraft.config import RunConfig
+from tunecraft.curves import run_verdict
+from tunecraft.data.batching import Batch, packed_batches, padded_batches, plan_steps, steps_per_epoch
 from tunecraft.errors import TunecraftError
+from tunecraft.models.facts import parameter_counts, unwrap
 from tunecraft.models.load import load_model
-from tunecraft.train import checkpoint as ckpt
-from tunecraft.train import distributed
 from tunecraft.train import attention, linear
 from tunecraft.train.compiled import compile_decoder_layers
-from tunecraft.train.loss import compute_loss, densify_grads, unwrap
-from tunecraft.train.lora import apply_lora, trainable_counts
+from tunecraft.train.loss import densify_grads
+from tunecraft.train.lora import apply_lora
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
-from tunecraft.train.plan import Plan, make_plan
+from tunecraft.train.plan import Plan, TrainSettings, make_plan
 from tunecraft.train.progress import Progress
-from tunecraft.train.runlog import RunLog, read_jsonl
 from tunecraft.train.runtime import Runtime, seed_everything, setup_runtime
 
 
@@ -85,41 +85,143 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-# ----------------------------------------------------------------------------- build
+# ----------------------------------------------------------------------------- entry
 
 
-def _build_model(plan: Plan, rt: Runtime) -> Any:
-    cfg = plan.cfg
+def build(cfg: RunConfig, on_status: Any = None) -> tuple[Plan, Runtime]:
+    """The plan (nothing left on auto) and the runtime it asks for."""
+    plan = make_plan(cfg, on_status=on_status)
+    s = plan.settings
+    rt = setup_runtime(s.precision, s.deterministic, s.threads, s.sharding)
+    # Every rank uses rank 0's run directory (a default one is named after the start time,
+    # which may differ by a second between ranks).
+    agreed = Path(rt.dist.agree(str(plan.run_dir)))
+    return (plan if agreed == plan.run_dir else plan.with_run_dir(agreed)), rt
+
+
+def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) -> RunResult:
+    """Run (or resume) the planned fine-tuning job; returns how it ended and its summary."""
+    s, run_dir = plan.settings, plan.run_dir
+    rt.dist.on_main(lambda: _prepare_run_dir(plan, resume))
+    log = rundir.RunLog(run_dir, enabled=rt.is_main)
+    seed_everything(s.seed)
+    model, kernels = build_model(plan, rt)
+    model = rt.dist.prepare(model, rt.dtype)  # before the optimizer sees the parameters
+    optimizer = build_optimizer(_trainable(model), s.lr, s.weight_decay, s.fused_optimizer)
+    st = _restore(plan, rt, model, optimizer, log) if resume else _State()
+    steps = plan_steps(len(plan.train), s.batch_size, plan.total_steps, s.seed)
+    trainable, total_params = parameter_counts(model)
+    log.event(
+        "started",
+        f"{s.method} on {s.base_model}: {len(plan.train)} examples, {plan.total_steps} steps, "
+        f"{trainable:,} of {total_params:,} parameters trainable",
+        step=st.step,
+    )
+    if kernels is not None:
+        log.event("kernels", f"linear layers: {kernels.reason}", onednn=kernels.onednn)
+    progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
+    try:
+        with _StopSignal() as stop, progress:
+            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress)
+    except TrainingFailed as exc:
+        log.event("failed", str(exc), step=st.step + 1)
+        log.summary(_summary(plan, st, "failed", str(exc)))
+        raise
+    if status in ("finished", "early_stopped"):
+        log.event(status, message, step=st.step)
+    summary = _summary(plan, st, status, message)
+    summary["linear_kernels"] = kernels.reason if kernels is not None else None
+    if rt.is_main:  # the curves are on disk now: judge them (healthy / under- / overfitting)
+        summary["verdict"] = run_verdict(run_dir).to_json()
+    log.summary(summary)
+    return RunResult(run_dir, status, summary, model)
+
+
+def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
+    """Median seconds per optimizer step over a short warm-up (weights are thrown away)."""
+    s = plan.settings
+    seed_everything(s.seed)
+    model, _ = build_model(plan, rt)
+    optimizer = build_optimizer(_trainable(model), s.lr, 0.0, True)
+    times = []
+    for indices in plan_steps(len(plan.train), s.batch_size, steps + 1, s.seed):
+        t0 = time.time()
+        train_step(model, optimizer, step_batches(plan, indices, rt), s, rt)
+        times.append(time.time() - t0)
+    warm = sorted(times[1:]) or times  # the first step pays one-time costs
+    return warm[len(warm) // 2]
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _prepare_run_dir(plan: Plan, resume: bool) -> None:
+    run_dir = plan.run_dir
+    if rundir.has_run(run_dir) and not resume:
+        raise TunecraftError(
+            f"{run_dir} already holds a run. Resume it with --resume, or choose another --out."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(run_dir, plan.config)
+    rundir.write_split(run_dir, plan.data.split)
+
+
+def _restore(plan: Plan, rt: Runtime, model: Any, optimizer: torch.optim.Optimizer, log: rundir.RunLog) -> _State:
+    checkpoints = rundir.complete_checkpoints(plan.run_dir)
+    if not checkpoints:
+        log.event("resume", "no complete checkpoint found: starting from step 0")
+        return _State()
+    saved = rt.dist.load_checkpoint(checkpoints[-1], model, optimizer)
+    st = _State(step=int(saved["step"]))
+    for key, value in saved.items():
+        if key in _State.__dataclass_fields__ and key != "step":
+            setattr(st, key, math.inf if value is None and key == "best_val_loss" else value)
+    if log.enabled:  # rank 0 owns the run directory's logs
+        rundir.truncate_metrics(plan.run_dir, st.step)
+    log.event("resume", f"resumed from {checkpoints[-1].name}", step=st.step)
+    return st
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(plan: Plan, rt: Runtime) -> tuple[Any, linear.Probe | None]:
+    """The model ready to train, and the linear-kernel choice (None: not considered)."""
+    s = plan.settings
     # LoRA: frozen base in the compute dtype, adapters in fp32 (peft upcasts them).
     # Full: fp32 master weights; bf16 compute comes from autocast.
-    dtype = rt.dtype if cfg.train.method == "lora" else torch.float32
-    model = load_model(plan.model.path, dtype, cfg.model.trust_remote_code, rt.device)
+    dtype = rt.dtype if s.method == "lora" else torch.float32
+    model = load_model(plan.model.path, dtype, s.trust_remote_code, rt.device)
     model.config.use_cache = False
-    if cfg.train.method == "lora":
-        model = apply_lora(model, cfg.lora, cfg.train.seed)
+    if s.method == "lora":
+        model = apply_lora(model, s.lora, s.seed)
     else:
         model.requires_grad_(True)
-    if cfg.train.engine == "fast":
+    if s.engine == "fast":
         attention.enable(unwrap(model))  # plain SDPA unless a packed layout is passed
-    choice = _linear_choice(model, plan, rt)
-    if choice is not None and choice.onednn:
+    kernels = _linear_choice(model, s, rt)
+    if kernels is not None and kernels.onednn:
         linear.use_fast_linears(model)
-    if cfg.train.compile:
+    if s.compile:
         compile_decoder_layers(model)
     model.train()
-    return model
+    return model, kernels
 
 
-def _linear_choice(model: Any, plan: Plan, rt: Runtime) -> linear.Probe | None:
-    """Whether linears take oneDNN forward products (fp32 CPU runs only; None: not considered)."""
-    if plan.cfg.train.engine != "fast" or rt.device.type != "cpu" or rt.dtype != torch.float32:
+def _linear_choice(model: Any, s: TrainSettings, rt: Runtime) -> linear.Probe | None:
+    """Whether linears take oneDNN forward products (fp32 CPU runs only)."""
+    if s.engine != "fast" or rt.device.type != "cpu" or rt.dtype != torch.float32:
         return None  # bf16 linears already run in oneDNN; CUDA has cuBLAS
-    if plan.cfg.train.compile:
+    if s.compile:
         return None  # compiled layers pick their own kernels
-    if rt.world_size > 1 and plan.cfg.train.sharding == "fsdp":
+    if rt.world_size > 1 and s.sharding == "fsdp":
         return None  # FSDP owns its parameters' storage around each forward: leave them be
     config = unwrap(model).config
     return linear.probe(getattr(config, "hidden_size", 512), getattr(config, "intermediate_size", 2048))
+
+
+def _trainable(model: Any) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any]:
@@ -128,50 +230,96 @@ def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any
     return contextlib.nullcontext()
 
 
-def _micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[Batch]:
-    cfg = plan.cfg.train
-    pad = plan.tokenizer.pad_token_id
-    if cfg.engine == "fast":
-        return packed_batches(examples, indices, cfg.micro_batch_size or 1)
-    return padded_batches(examples, indices, cfg.micro_batch_size or 1, pad)
+# ----------------------------------------------------------------------------- batches
 
 
-def _step_batches(plan: Plan, indices: list[int], rt: Runtime) -> list[Batch]:
+def micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[Batch]:
+    """The examples at `indices` as micro-batches in the engine's layout."""
+    s = plan.settings
+    if s.engine == "fast":
+        return packed_batches(examples, indices, s.micro_batch_size)
+    return padded_batches(examples, indices, s.micro_batch_size, plan.tokenizer.pad_token_id)
+
+
+def step_batches(plan: Plan, indices: list[int], rt: Runtime) -> list[Batch]:
     """This rank's micro-batches of one optimizer step (none when its share is empty)."""
-    share = distributed.shard(indices, rt)
-    return _micro_batches(plan, share, plan.train) if share else []
+    share = rt.dist.share(indices)
+    return micro_batches(plan, share, plan.train) if share else []
 
 
-# ----------------------------------------------------------------------------- eval
+# ----------------------------------------------------------------------------- steps
 
 
-@torch.no_grad()
-def evaluate(model: Any, plan: Plan, rt: Runtime) -> tuple[float, float]:
-    """Validation loss (mean over loss-bearing tokens) and next-token accuracy."""
-    was_training = model.training
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    indices = distributed.shard(list(range(len(plan.val))), rt)  # each rank its share
-    per = max(1, (plan.cfg.train.micro_batch_size or 1) * 2)
-    batches = [b for at in range(0, len(indices), per) for b in _micro_batches(plan, indices[at : at + per], plan.val)]
-    with _autocast(rt, plan.cfg.train.method):
-        for batch in distributed.even_out(model, batches, rt):
-            out = distributed.loss(model, batch.to(rt.device), plan.cfg.train.engine, compute_loss, True)
-            total += float(out.loss_sum)
-            correct += int(out.n_correct)
-            count += batch.n_loss
-    total, correct, count = distributed.all_sum([total, correct, count], rt)
-    model.train(was_training)
-    if count == 0:
-        return math.nan, math.nan
-    return total / count, correct / count
-
-
-# ----------------------------------------------------------------------------- step
+def _run_steps(
+    plan: Plan,
+    rt: Runtime,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    steps: list[list[int]],
+    st: _State,
+    log: rundir.RunLog,
+    stop: _StopSignal,
+    progress: Progress,
+) -> tuple[str, str]:
+    s = plan.settings
+    warmup = int(round(s.warmup_ratio * plan.total_steps))
+    per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
+    t_start = time.time() - st.elapsed_s
+    for step_idx in range(st.step, plan.total_steps):
+        lr = s.lr * lr_factor(step_idx, plan.total_steps, warmup, s.schedule)
+        set_lr(optimizer, lr)
+        batches = step_batches(plan, steps[step_idx], rt)
+        t0 = time.time()
+        loss, norm = train_step(model, optimizer, batches, s, rt)
+        dt_step = time.time() - t0
+        st.step = step_idx + 1
+        # Every rank's counts, and one stop vote so that all ranks stop (and checkpoint) together.
+        n_loss, n_tok, n_run, votes = rt.dist.sum(
+            [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches),
+             sum(b.n_computed for b in batches), stop.received is not None]
+        )
+        stopping = votes > 0
+        st.tokens += int(n_loss)
+        st.tokens_seen += int(n_tok)
+        st.tokens_computed += int(n_run)
+        st.last_train_loss = loss
+        st.elapsed_s = time.time() - t_start
+        log.metric(
+            "train", step=st.step, epoch=round(st.step / per_epoch, 4), loss=loss, lr=lr,
+            grad_norm=norm, tokens=st.tokens, tokens_seen=st.tokens_seen, tokens_computed=st.tokens_computed,
+            tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3),
+        )
+        progress.update(st.step, loss, n_tok / dt_step)
+        last = st.step == plan.total_steps
+        stopped_early = False
+        if st.step % s.eval_every == 0 or last:
+            stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
+        if st.step % s.save_every == 0 or last or stopped_early or stopping:
+            st.elapsed_s = time.time() - t_start
+            path = rt.dist.save_checkpoint(
+                plan.run_dir / rundir.CHECKPOINTS, st.step, model, optimizer, _state_dict(st),
+                s.keep_checkpoints, {st.best_step},
+            )
+            if path is not None:
+                log.event("checkpoint", f"saved {path.name}", step=st.step)
+        if stopped_early:
+            return "early_stopped", (
+                f"validation loss did not improve for {s.patience} evaluations; best step "
+                f"{st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
+            )
+        if stopping:
+            name = signal.Signals(stop.received).name if stop.received else "stop signal on another rank"
+            msg = f"{name} received: stopped at step {st.step}; resume with --resume"
+            log.event("interrupted", msg, step=st.step)
+            return "interrupted", msg
+    st.elapsed_s = time.time() - t_start
+    return "finished", (
+        f"{st.step} steps; best step {st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
+    )
 
 
 def train_step(
-    model: Any, optimizer: torch.optim.Optimizer, batches: list[Batch], plan: Plan, rt: Runtime
+    model: Any, optimizer: torch.optim.Optimizer, batches: list[Batch], s: TrainSettings, rt: Runtime
 ) -> tuple[float, float]:
     """One optimizer step over micro-batches; returns (mean loss, grad norm).
 
@@ -180,19 +328,19 @@ def train_step(
     loss or gradient raises before the optimizer touches the weights.
     """
     # With several ranks, `batches` is this rank's share and the divisor counts every rank's.
-    (n_loss,) = distributed.all_sum([sum(b.n_loss for b in batches)], rt)
+    (n_loss,) = rt.dist.sum([sum(b.n_loss for b in batches)])
     total = 0.0
-    with _autocast(rt, plan.cfg.train.method):
-        for batch in distributed.even_out(model, batches, rt):
-            out = distributed.loss(model, batch.to(rt.device), plan.cfg.train.engine, compute_loss)
+    with _autocast(rt, s.method):
+        for batch in rt.dist.micro_batches(batches):
+            out = rt.dist.loss(model, batch.to(rt.device), s.engine)
             (out.loss_sum / max(1, n_loss)).backward()
             total += float(out.loss_sum.detach())
-    (total,) = distributed.all_sum([total], rt)
+    (total,) = rt.dist.sum([total])
     loss = total / max(1, n_loss)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _trainable(model)
     densify_grads(params)  # a sparse embedding gradient no LM head gradient was added to
-    distributed.reduce_gradients(model, rt)  # before clipping: the norm is the global one
-    norm = distributed.clip_grad_norm(params, plan.cfg.train.grad_clip)
+    rt.dist.reduce_gradients(params)  # before clipping: the norm is the global one
+    norm = rt.dist.clip_grad_norm(params, s.grad_clip)
     if not math.isfinite(loss) or not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingFailed(
@@ -205,35 +353,61 @@ def train_step(
     return loss, norm
 
 
-# ----------------------------------------------------------------------------- run directory
+# ----------------------------------------------------------------------------- eval
 
 
-def _prepare_run_dir(plan: Plan, resume: bool) -> None:
-    run_dir = plan.run_dir
-    if run_dir.exists() and (run_dir / "config.yaml").exists() and not resume:
-        raise TunecraftError(
-            f"{run_dir} already holds a run. Resume it with --resume, or choose another --out."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(plan.cfg, run_dir / "config.yaml")
-    write_split(run_dir, plan.data.split)
+def _eval_and_keep_best(
+    plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, progress: Progress
+) -> bool:
+    """Evaluate; save model/ on improvement; return True when patience ran out."""
+    val_loss, val_acc = evaluate(model, plan, rt)
+    log.metric("eval", step=st.step, val_loss=val_loss, val_token_accuracy=val_acc)
+    progress.note(f"step {st.step}: val loss {val_loss:.4f}, token accuracy {val_acc:.3f}")
+    if val_loss < st.best_val_loss:
+        st.best_val_loss, st.best_step, st.bad_evals = val_loss, st.step, 0
+        rt.dist.save_model(model, plan.tokenizer, plan.run_dir / rundir.MODEL, plan.settings.method)
+        return False
+    st.bad_evals += 1
+    patience = plan.settings.patience
+    return patience is not None and st.bad_evals >= patience
 
 
-def _truncate_logs(run_dir: Path, step: int) -> None:
-    """After resuming from `step`, drop metric rows of steps that will be run again."""
-    path = run_dir / "metrics.jsonl"
-    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name("metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+@torch.no_grad()
+def evaluate(model: Any, plan: Plan, rt: Runtime) -> tuple[float, float]:
+    """Validation loss (mean over loss-bearing tokens) and next-token accuracy."""
+    s = plan.settings
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    indices = rt.dist.share(list(range(len(plan.val))))  # each rank its share
+    per = s.micro_batch_size * 2
+    batches = [b for at in range(0, len(indices), per) for b in micro_batches(plan, indices[at : at + per], plan.val)]
+    with _autocast(rt, s.method):
+        for batch in rt.dist.micro_batches(batches):
+            out = rt.dist.loss(model, batch.to(rt.device), s.engine, with_accuracy=True)
+            total += float(out.loss_sum)
+            correct += int(out.n_correct)
+            count += batch.n_loss
+    total, correct, count = rt.dist.sum([total, correct, count])
+    model.train(was_training)
+    if count == 0:
+        return math.nan, math.nan
+    return total / count, correct / count
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _state_dict(st: _State) -> dict[str, Any]:
+    return {k: getattr(st, k) for k in _State.__dataclass_fields__ if k != "step"}
 
 
 def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str, Any]:
     return {
         "status": status,
         "message": message,
-        "method": plan.cfg.train.method,
-        "base_model": plan.cfg.model.name,
+        "method": plan.settings.method,
+        "base_model": plan.settings.base_model,
         "base_model_path": str(plan.model.path),
         "train_examples": len(plan.train),
         "val_examples": len(plan.val),
@@ -248,191 +422,3 @@ def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str
         "final_train_loss": None if math.isnan(st.last_train_loss) else st.last_train_loss,
         "n_params": plan.n_params,
     }
-
-
-def _state_dict(st: _State) -> dict[str, Any]:
-    return {k: getattr(st, k) for k in _State.__dataclass_fields__ if k != "step"}
-
-
-def _restore(plan: Plan, model: Any, optimizer: torch.optim.Optimizer, log: RunLog) -> _State:
-    checkpoints = ckpt.complete_checkpoints(plan.run_dir / "checkpoints")
-    if not checkpoints:
-        log.event("resume", "no complete checkpoint found: starting from step 0")
-        return _State()
-    saved = distributed.load_checkpoint(checkpoints[-1], model, optimizer)
-    st = _State(step=int(saved["step"]))
-    for key, value in saved.items():
-        if key in _State.__dataclass_fields__ and key != "step":
-            setattr(st, key, math.inf if value is None and key == "best_val_loss" else value)
-    if log.enabled:  # rank 0 owns the run directory's logs
-        _truncate_logs(plan.run_dir, st.step)
-    log.event("resume", f"resumed from {checkpoints[-1].name}", step=st.step)
-    return st
-
-
-# ----------------------------------------------------------------------------- train
-
-
-def build(cfg: RunConfig, on_status: Any = None) -> tuple[Plan, Runtime]:
-    plan = make_plan(cfg, on_status=on_status)
-    rt = setup_runtime(plan.cfg.train.precision, plan.cfg.train.deterministic, plan.cfg.train.threads)
-    distributed.agree_run_dir(plan, rt)
-    return plan, rt
-
-
-def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
-    """Median seconds per optimizer step over a short warm-up (weights are thrown away)."""
-    seed_everything(plan.cfg.train.seed)
-    model = _build_model(plan, rt)
-    optimizer = build_optimizer(
-        (p for p in model.parameters() if p.requires_grad), plan.cfg.train.lr or 1e-4, 0.0, True
-    )
-    schedule = plan_steps(len(plan.train), plan.cfg.train.batch_size or 1, steps + 1, plan.cfg.train.seed)
-    times = []
-    for indices in schedule:
-        t0 = time.time()
-        train_step(model, optimizer, _step_batches(plan, indices, rt), plan, rt)
-        times.append(time.time() - t0)
-    warm = sorted(times[1:]) or times  # the first step pays one-time costs
-    return warm[len(warm) // 2]
-
-
-def train(
-    cfg: RunConfig,
-    resume: bool = False,
-    console: Any = None,
-    plan: Plan | None = None,
-    rt: Runtime | None = None,
-) -> RunResult:
-    """Run (or resume) a fine-tuning job; returns how it ended and its summary."""
-    if plan is None or rt is None:
-        plan, rt = build(cfg, on_status=console.print if console else None)
-    run_dir = plan.run_dir
-    distributed.on_main(lambda: _prepare_run_dir(plan, resume), rt)
-    log = RunLog(run_dir, enabled=rt.is_main)
-    seed_everything(plan.cfg.train.seed)
-    model = _build_model(plan, rt)
-    model = distributed.prepare_model(model, plan.cfg.train.sharding, rt)  # before the optimizer sees it
-    fused = not plan.cfg.train.deterministic
-    optimizer = build_optimizer(
-        (p for p in model.parameters() if p.requires_grad),
-        plan.cfg.train.lr or 1e-4,
-        plan.cfg.train.weight_decay,
-        fused,
-    )
-    st = _restore(plan, model, optimizer, log) if resume else _State()
-    steps = plan_steps(len(plan.train), plan.cfg.train.batch_size or 1, plan.total_steps, plan.cfg.train.seed)
-    trainable, total_params = trainable_counts(model)
-    log.event(
-        "started",
-        f"{plan.cfg.train.method} on {plan.cfg.model.name}: {len(plan.train)} examples, "
-        f"{plan.total_steps} steps, {trainable:,} of {total_params:,} parameters trainable",
-        step=st.step,
-    )
-    choice = _linear_choice(model, plan, rt)
-    if choice is not None:
-        log.event("kernels", f"linear layers: {choice.reason}", onednn=choice.onednn)
-    status, message = "finished", ""
-    progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
-    try:
-        with _StopSignal() as stop, progress:
-            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress)
-    except TrainingFailed as exc:
-        log.event("failed", str(exc), step=st.step + 1)
-        log.summary(_summary(plan, st, "failed", str(exc)))
-        raise
-    if status in ("finished", "early_stopped"):
-        log.event(status, message, step=st.step)
-    summary = _summary(plan, st, status, message)
-    summary["linear_kernels"] = choice.reason if choice is not None else None
-    if rt.is_main:  # the curves are on disk now: judge them (healthy / under- / overfitting)
-        from tunecraft.eval.verdict import run_verdict
-
-        summary["verdict"] = run_verdict(run_dir).to_json()
-    log.summary(summary)
-    return RunResult(run_dir, status, summary, model)
-
-
-def _run_steps(
-    plan: Plan,
-    rt: Runtime,
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    steps: list[list[int]],
-    st: _State,
-    log: RunLog,
-    stop: _StopSignal,
-    progress: Progress,
-) -> tuple[str, str]:
-    tc = plan.cfg.train
-    warmup = int(round(tc.warmup_ratio * plan.total_steps))
-    per_epoch = steps_per_epoch(len(plan.train), tc.batch_size or 1)
-    t_start = time.time() - st.elapsed_s
-    for step_idx in range(st.step, plan.total_steps):
-        lr = (tc.lr or 1e-4) * lr_factor(step_idx, plan.total_steps, warmup, tc.schedule)
-        set_lr(optimizer, lr)
-        batches = _step_batches(plan, steps[step_idx], rt)
-        t0 = time.time()
-        loss, norm = train_step(model, optimizer, batches, plan, rt)
-        dt_step = time.time() - t0
-        st.step = step_idx + 1
-        # Every rank's counts, and one stop vote so that all ranks stop (and checkpoint) together.
-        n_loss, n_tok, n_run, votes = distributed.all_sum(
-            [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches),
-             sum(b.n_computed for b in batches), stop.received is not None], rt
-        )
-        stopping = votes > 0
-        st.tokens += int(n_loss)
-        n_tok = int(n_tok)
-        st.tokens_seen += n_tok
-        st.tokens_computed += int(n_run)
-        st.last_train_loss = loss
-        st.elapsed_s = time.time() - t_start
-        log.metric(
-            "train", step=st.step, epoch=round(st.step / per_epoch, 4), loss=loss, lr=lr,
-            grad_norm=norm, tokens=st.tokens, tokens_seen=st.tokens_seen, tokens_computed=st.tokens_computed,
-            tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3),
-        )
-        progress.update(st.step, loss, n_tok / dt_step)
-        last = st.step == plan.total_steps
-        stopped_early = False
-        if st.step % (tc.eval_every or 1) == 0 or last:
-            stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
-        if st.step % (tc.save_every or 1) == 0 or last or stopped_early or stopping:
-            st.elapsed_s = time.time() - t_start
-            path = distributed.save_checkpoint(
-                plan.run_dir / "checkpoints", st.step, model, optimizer, _state_dict(st),
-                tc.keep_checkpoints, {st.best_step}, rt,
-            )
-            if path is not None:
-                log.event("checkpoint", f"saved {path.name}", step=st.step)
-        if stopped_early:
-            return "early_stopped", (
-                f"validation loss did not improve for {tc.patience} evaluations; best step "
-                f"{st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
-            )
-        if stopping:
-            name = signal.Signals(stop.received).name if stop.received else "stop signal on another rank"
-            msg = f"{name} received: stopped at step {st.step}; resume with --resume"
-            log.event("interrupted", msg, step=st.step)
-            return "interrupted", msg
-    st.elapsed_s = time.time() - t_start
-    return "finished", (
-        f"{st.step} steps; best step {st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
-    )
-
-
-def _eval_and_keep_best(
-    plan: Plan, rt: Runtime, model: Any, st: _State, log: RunLog, progress: Progress
-) -> bool:
-    """Evaluate; save model/ on improvement; return True when patience ran out."""
-    val_loss, val_acc = evaluate(model, plan, rt)
-    log.metric("eval", step=st.step, val_loss=val_loss, val_token_accuracy=val_acc)
-    progress.note(f"step {st.step}: val loss {val_loss:.4f}, token accuracy {val_acc:.3f}")
-    if val_loss < st.best_val_loss:
-        st.best_val_loss, st.best_step, st.bad_evals = val_loss, st.step, 0
-        distributed.save_model(model, plan.tokenizer, plan.run_dir / "model", plan.cfg.train.method, rt)
-        return False
-    st.bad_evals += 1
-    patience = plan.cfg.train.patience
-    return patience is not None and st.bad_evals >= patience

@@ -1,8 +1,7 @@
-"""LoRA through peft: which parameters train, and counting parameters before loading weights."""
+"""LoRA through peft: which parameters train (adapters only, seeded init)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,19 +23,3 @@ def apply_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
     )
     torch.manual_seed(seed)  # LoRA A init is random: make it part of the seeded run
     return get_peft_model(model, peft_cfg)
-
-
-def count_params(model_dir: Path, trust_remote_code: bool = False) -> int:
-    """Parameter count from config.json alone (built on the meta device: no weights read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return sum(p.numel() for p in model.parameters())
-
-
-def trainable_counts(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total

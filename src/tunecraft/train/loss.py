@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tunecraft.data.batching import Batch
 from tunecraft.data.render import IGNORE
+from tunecraft.models.facts import unwrap
 from tunecraft.train import attention
 from tunecraft.train.linear import FastLinear, linear
 
@@ -32,11 +33,6 @@ CHUNK_TOKENS = 1024  # rows of the LM head computed at once in the fast path
 class LossOut:
     loss_sum: torch.Tensor  # scalar, fp32: sum of -log p(target) over loss-bearing targets
     n_correct: torch.Tensor  # scalar: argmax == target count (for token accuracy)
-
-
-def unwrap(model: Any) -> Any:
-    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def supports_fast_path(model: Any) -> bool:

@@ -1,34 +1,72 @@
-"""Everything decided before weights load: validated data, resolved model, auto hyperparameters.
+"""Everything decided before weights load: validated data, resolved model, every auto setting.
 
 `make_plan` validates the data (every error at once, with PATH:LINE), resolves the model,
-tokenizes (cached), splits, and fills every "auto" setting with a reason. It loads only the
-tokenizer and config, never the weights, so a mistake is reported in seconds.
+tokenizes (cached), splits, and resolves every "auto" setting once, with its reason. It loads
+only the tokenizer and config, never the weights, so a mistake is reported in seconds.
+
+The result is a frozen `Plan` whose `settings` are fully typed: the loop reads its
+configuration from there and nowhere else, so no default can be applied twice or differently.
+`plan.config` is the same decisions as a `RunConfig`, written to the run's `config.yaml`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tunecraft.config import RunConfig
+from tunecraft.config import LoraConfig, RunConfig
 from tunecraft.data.batching import count_loss_tokens, steps_per_epoch
 from tunecraft.data.prepare import PreparedData, prepare, read_examples, truncate
 from tunecraft.data.render import TokenizedExample
-from tunecraft.data.stats import default_max_length
 from tunecraft.errors import ConfigError, DataError
+from tunecraft.models.facts import context_length, count_params, pick_device
 from tunecraft.models.load import load_tokenizer
 from tunecraft.models.resolve import ResolvedModel, resolve_model
 from tunecraft.train import auto
-from tunecraft.train.lora import count_params
-from tunecraft.train.runtime import pick_device
 
 
-@dataclass
+@dataclass(frozen=True)
+class TrainSettings:
+    """The loop's whole configuration: every value resolved (None only where it means "off")."""
+
+    base_model: str  # the model argument, as the user gave it
+    trust_remote_code: bool
+    method: Literal["lora", "full"]
+    lora: LoraConfig
+    epochs: float
+    lr: float
+    batch_size: int  # examples per optimizer step
+    micro_batch_size: int  # examples per forward pass
+    max_length: int
+    warmup_ratio: float
+    schedule: Literal["cosine", "linear", "constant"]
+    weight_decay: float
+    grad_clip: float | None  # None: no clipping
+    seed: int
+    eval_every: int
+    save_every: int
+    keep_checkpoints: int
+    patience: int | None  # None: no early stopping
+    precision: Literal["fp32", "bf16"]  # the compute precision actually used
+    deterministic: bool
+    engine: Literal["fast", "reference"]
+    compile: bool
+    threads: int
+    sharding: Literal["ddp", "fsdp"]
+
+    @property
+    def fused_optimizer(self) -> bool:
+        return not self.deterministic  # fused AdamW's kernels are not bit-reproducible
+
+
+@dataclass(frozen=True)
 class Plan:
-    cfg: RunConfig  # fully resolved: no "auto" left
+    config: RunConfig  # the resolved config (what config.yaml records)
+    settings: TrainSettings
     run_dir: Path
     model: ResolvedModel
     tokenizer: Any
@@ -37,7 +75,7 @@ class Plan:
     val: list[TokenizedExample]
     n_params: int
     total_steps: int
-    choices: list[auto.Choice] = field(default_factory=list)
+    choices: tuple[auto.Choice, ...] = ()
 
     @property
     def train_tokens(self) -> int:
@@ -47,13 +85,19 @@ class Plan:
     def train_loss_tokens(self) -> int:
         return sum(count_loss_tokens(e) for e in self.train)
 
+    def with_run_dir(self, run_dir: Path) -> Plan:
+        """The same plan writing to another run directory (config.yaml says so too)."""
+        config = self.config.model_copy(deep=True)
+        config.train.out = str(run_dir)
+        return dataclasses.replace(self, run_dir=run_dir, config=config)
+
 
 def default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def check_paths(cfg: RunConfig) -> None:
-    """File problems in the config, all at once."""
+    """File and consistency problems in the config, all at once."""
     problems = []
     if not cfg.data.train:
         problems.append("data.train: no training data given (use --data FILE)")
@@ -66,6 +110,9 @@ def check_paths(cfg: RunConfig) -> None:
             f"train.micro_batch_size: {cfg.train.micro_batch_size} is larger than train.batch_size "
             f"{cfg.train.batch_size}; lower it or raise the batch size"
         )
+    if cfg.train.deterministic and cfg.train.precision == "bf16":
+        problems.append("train.precision: bf16 contradicts train.deterministic=true (bit-reproducible "
+                        "runs compute in fp32); drop one of them")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
@@ -90,36 +137,77 @@ def _validate_data(cfg: RunConfig) -> tuple[list[Any], list[Any] | None]:
     return train_ex, val_ex
 
 
-def _fill_auto(cfg: RunConfig, n_params: int, data: PreparedData, context: int) -> list[auto.Choice]:
-    choices: list[auto.Choice] = []
+class _Resolver:
+    """Fills the auto values of a config copy, in dependency order, keeping each reason."""
 
-    def choose(current: object, choice: auto.Choice) -> None:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.choices: list[auto.Choice] = []
+
+    def choose(self, current: object, make: Any) -> None:
+        """Apply `make()` (a Choice) when `current` is auto; `make` runs only then."""
         if current in (None, "auto"):
-            auto.apply(cfg, choice)
-            choices.append(choice)
+            choice = make()
+            auto.apply(self.cfg, choice)
+            self.choices.append(choice)
 
-    choose(cfg.train.method, auto.choose_method(n_params))
-    choose(cfg.train.lr, auto.choose_lr(cfg.train.method))
-    choose(cfg.train.batch_size, auto.choose_batch_size(len(data.train)))
-    if cfg.train.max_steps is not None and cfg.train.epochs is None:
-        per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size or 1)
-        choose(None, auto.Choice("train.epochs", cfg.train.max_steps / per_epoch,
-                                 f"--max-steps {cfg.train.max_steps} at {per_epoch} steps per epoch"))
-    choose(cfg.train.epochs, auto.choose_epochs(len(data.train)))
-    choose(cfg.data.max_length, auto.choose_max_length([len(e.input_ids) for e in data.train], context))
-    device_type = pick_device().type
-    choose(
-        cfg.train.micro_batch_size,
-        auto.choose_micro_batch(cfg.train.batch_size or 1, cfg.data.max_length or 512, device_type),
+
+def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) -> list[auto.Choice]:
+    r = _Resolver(cfg)
+    tc = cfg.train
+    device = pick_device()
+    r.choose(tc.method, lambda: auto.choose_method(n_params))
+    r.choose(tc.lr, lambda: auto.choose_lr(str(tc.method)))
+    r.choose(tc.batch_size, lambda: auto.choose_batch_size(len(data.train)))
+    if tc.max_steps is not None and tc.epochs is None:
+        r.choose(tc.epochs, lambda: auto.epochs_for_steps(int(tc.max_steps or 0), len(data.train), int(tc.batch_size or 1)))
+    r.choose(tc.epochs, lambda: auto.choose_epochs(len(data.train)))
+    r.choose(cfg.data.max_length, lambda: auto.choose_max_length([len(e.input_ids) for e in data.train], context))
+    r.choose(tc.micro_batch_size, lambda: auto.choose_micro_batch(int(tc.batch_size or 1), int(cfg.data.max_length or context), device.type))
+    if tc.micro_batch_size and tc.batch_size and tc.micro_batch_size > tc.batch_size:
+        tc.micro_batch_size = tc.batch_size
+    r.choose(tc.compile, auto.choose_compile)
+    r.choose(tc.precision, lambda: auto.choose_precision(device, tc.deterministic))
+    r.choose(tc.threads, auto.choose_threads)
+    return r.choices
+
+
+def _resolve_cadence(cfg: RunConfig, total_steps: int) -> list[auto.Choice]:
+    r = _Resolver(cfg)
+    r.choose(cfg.train.eval_every, lambda: auto.choose_eval_every(total_steps))
+    r.choose(cfg.train.save_every, lambda: auto.choose_save_every(int(cfg.train.eval_every or 1)))
+    return r.choices
+
+
+def _settings(cfg: RunConfig) -> TrainSettings:
+    """The loop's settings from a resolved config; a value still missing is a bug, said loudly."""
+    tc, missing = cfg.train, []
+
+    def need(name: str, value: Any) -> Any:
+        if value is None or value == "auto":
+            missing.append(name)
+        return value
+
+    settings = TrainSettings(
+        base_model=cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+        method=need("train.method", tc.method), lora=cfg.lora.model_copy(deep=True),
+        epochs=need("train.epochs", tc.epochs), lr=need("train.lr", tc.lr),
+        batch_size=need("train.batch_size", tc.batch_size),
+        micro_batch_size=need("train.micro_batch_size", tc.micro_batch_size),
+        max_length=need("data.max_length", cfg.data.max_length), warmup_ratio=tc.warmup_ratio,
+        schedule=tc.schedule, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
+        eval_every=need("train.eval_every", tc.eval_every), save_every=need("train.save_every", tc.save_every),
+        keep_checkpoints=tc.keep_checkpoints, patience=tc.patience,
+        precision=need("train.precision", tc.precision), deterministic=tc.deterministic,
+        engine=tc.engine, compile=need("train.compile", tc.compile), threads=need("train.threads", tc.threads),
+        sharding=tc.sharding,
     )
-    if cfg.train.micro_batch_size and cfg.train.batch_size and cfg.train.micro_batch_size > cfg.train.batch_size:
-        cfg.train.micro_batch_size = cfg.train.batch_size
-    choose(cfg.train.compile, auto.choose_compile())
-    return choices
+    assert not missing, f"the plan left settings unresolved: {missing}"
+    return settings
 
 
 def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
-    """Validate, resolve and decide everything; the returned cfg has no auto values left."""
+    """Validate, resolve and decide everything; nothing is left on auto."""
     cfg = cfg.model_copy(deep=True)
     check_paths(cfg)
     train_ex, val_ex = _validate_data(cfg)
@@ -143,29 +231,24 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
             "pass --val FILE"
         )
     n_params = count_params(model.path, cfg.model.trust_remote_code)
-    context = default_max_length(tokenizer, model.path)
-    choices = _fill_auto(cfg, n_params, data, context)
-    if (cfg.data.max_length or 0) > context:
-        raise ConfigError(f"data.max_length: {cfg.data.max_length} exceeds the model's context ({context})")
+    context = context_length(tokenizer, model.path)
+    choices = _resolve(cfg, n_params, data, context)
     max_len = int(cfg.data.max_length or context)
+    if max_len > context:
+        raise ConfigError(f"data.max_length: {max_len} exceeds the model's context ({context})")
     train, val = truncate(data.train, max_len), truncate(data.val, max_len)
     if sum(count_loss_tokens(e) for e in train) == 0:
         raise DataError("no example has a loss-bearing token left after truncation; raise --max-length")
-    total = _total_steps(cfg, len(train))
-    eval_every = cfg.train.eval_every or auto.choose_eval_every(total).value
-    if cfg.train.eval_every is None:
-        choices.append(auto.choose_eval_every(total))
-        cfg.train.eval_every = int(eval_every)  # type: ignore[arg-type]
-    if cfg.train.save_every is None:
-        cfg.train.save_every = cfg.train.eval_every
+    total = total_steps(float(cfg.train.epochs or 1.0), len(train), int(cfg.train.batch_size or 1), cfg.train.max_steps)
+    choices += _resolve_cadence(cfg, total)
     run_dir = Path(cfg.train.out) if cfg.train.out else default_run_dir()
     cfg.train.out = str(run_dir)
-    return Plan(cfg, run_dir, model, tokenizer, data, train, val, n_params, total, choices)
+    settings = _settings(cfg)
+    return Plan(cfg, settings, run_dir, model, tokenizer, data, train, val, n_params, total, tuple(choices))
 
 
-def _total_steps(cfg: RunConfig, n_train: int) -> int:
-    per_epoch = steps_per_epoch(n_train, cfg.train.batch_size or 1)
-    total = max(1, math.ceil((cfg.train.epochs or 1.0) * per_epoch - 1e-9))
-    if cfg.train.max_steps is not None:
-        total = min(total, cfg.train.max_steps)
-    return total
+def total_steps(epochs: float, n_train: int, batch_size: int, max_steps: int | None) -> int:
+    """Optimizer steps of a run: `epochs` passes (the last one may be partial), capped by max_steps."""
+    per_epoch = steps_per_epoch(n_train, batch_size)
+    total = max(1, math.ceil(epochs * per_epoch - 1e-9))
+    return min(total, max_steps) if max_steps is not None else total

@@ -1,4 +1,9 @@
-"""Where and how the run computes: device, dtype, threads, seeds, determinism, ranks."""
+"""Where and how the run computes: device, dtype, threads, seeds, determinism, ranks.
+
+`setup_runtime` takes the plan's resolved settings (nothing is chosen here) and returns a
+`Runtime` that carries the run's `Distribution`: a no-op for one process, the process group
+when torchrun launched several (`train.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tunecraft.hardware import has_fast_bf16, usable_physical_cores
+from tunecraft.models.facts import pick_device
+from tunecraft.train import distributed
+from tunecraft.train.distributed import Distribution
 
 
 @dataclass(frozen=True)
@@ -16,30 +23,24 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype  # compute dtype of the frozen/base weights
     threads: int
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
+    dist: Distribution  # rank, world size and every cross-process operation
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.dist.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
 
 
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def pick_dtype(precision: str, device: torch.device, deterministic: bool) -> torch.dtype:
-    if deterministic or precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if has_fast_bf16() else torch.float32
+def local_world_size() -> int:
+    """Processes that torchrun started on this machine (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def seed_everything(seed: int) -> None:
@@ -49,20 +50,13 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def setup_runtime(precision: str, deterministic: bool, threads: int | None) -> Runtime:
-    """Device, dtype and threads; joins the process group when launched by torchrun."""
-    from tunecraft.train import distributed
-
+def setup_runtime(precision: str, deterministic: bool, threads: int, sharding: str = "ddp") -> Runtime:
+    """Device, dtype and threads as planned; joins the process group when launched by torchrun."""
     device = pick_device()
-    # N processes on one machine share its cores: one thread each per physical core.
-    n_threads = threads or max(1, usable_physical_cores() // distributed.local_world_size())
     if device.type == "cpu":
-        torch.set_num_threads(n_threads)
+        torch.set_num_threads(threads)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    distributed.init(device)
-    return Runtime(device, pick_dtype(precision, device, deterministic), n_threads, rank, world, local)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return Runtime(device, dtype, threads, distributed.connect(device, sharding))

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunecraft.curves import print_verdict
 from tunecraft.train.plan import Plan
 
 
@@ -22,20 +23,20 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_s: float | None = None) -> None:
-    cfg = plan.cfg
+    cfg, s = plan.config, plan.settings
     table = Table(title="training plan", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("model", f"{cfg.model.name} ({plan.n_params / 1e6:.1f}M parameters) at {plan.model.path}")
-    table.add_row("method", cfg.train.method + (f", {trainable:,} trainable parameters" if trainable else ""))
+    table.add_row("model", f"{s.base_model} ({plan.n_params / 1e6:.1f}M parameters) at {plan.model.path}")
+    table.add_row("method", s.method + (f", {trainable:,} trainable parameters" if trainable else ""))
     table.add_row("data", f"{len(plan.train)} train / {len(plan.val)} validation examples "
                   f"({'file ' + str(cfg.data.val) if cfg.data.val else 'seeded split of train'})")
     table.add_row("tokens", f"{plan.train_tokens:,} per epoch, {plan.train_loss_tokens:,} loss-bearing")
-    table.add_row("steps", f"{plan.total_steps} optimizer steps of {cfg.train.batch_size} examples "
-                  f"({cfg.train.epochs:g} epochs), eval every {cfg.train.eval_every}")
-    table.add_row("optimizer", f"AdamW lr {cfg.train.lr:g}, {cfg.train.schedule} after "
-                  f"{cfg.train.warmup_ratio:.0%} warmup, clip {cfg.train.grad_clip}")
-    table.add_row("engine", f"{cfg.train.engine}, precision {cfg.train.precision}, max length {cfg.data.max_length}")
+    table.add_row("steps", f"{plan.total_steps} optimizer steps of {s.batch_size} examples "
+                  f"({s.epochs:g} epochs), eval every {s.eval_every}")
+    table.add_row("optimizer", f"AdamW lr {s.lr:g}, {s.schedule} after "
+                  f"{s.warmup_ratio:.0%} warmup, clip {s.grad_clip}")
+    table.add_row("engine", f"{s.engine}, precision {s.precision}, max length {s.max_length}")
     if step_s is not None:
         table.add_row("estimate", f"~{_fmt_duration(step_s * plan.total_steps)} "
                       f"({step_s:.2f} s per step, measured)")
@@ -60,8 +61,6 @@ def print_outcome(summary: dict[str, Any], run_dir: Any, console: Console) -> No
     if summary.get("linear_kernels"):
         console.print(f"  linear layers: {summary['linear_kernels']}", highlight=False)
     if summary.get("verdict"):
-        from tunecraft.eval.show import print_verdict
-
         print_verdict(summary["verdict"], console)
     console.print(f"  run directory: {run_dir}")
     console.print(f"  chat with it:  tunecraft chat {run_dir}")

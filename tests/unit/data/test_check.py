@@ -67,12 +67,33 @@ def test_weights_are_never_loaded(monkeypatch: pytest.MonkeyPatch, tiny_model_di
 
     monkeypatch.setattr(load, "load_model", no_weights)
     report = check_data(ASSETS / "chat.jsonl", model=str(tiny_model_dir))
-    assert report.stats["train"] is not None
+    # The statistics were computed with the tokenizer alone: they equal training's tokenization.
+    tokenized = _tokenized(ASSETS / "chat.jsonl", tiny_model_dir, report.max_length)
+    stats = report.stats["train"]
+    assert stats is not None and (stats.examples, stats.tokens, stats.loss_tokens, stats.max) == (
+        3, sum(t.n_tokens for t in tokenized), sum(t.n_loss for t in tokenized),
+        max(t.n_tokens for t in tokenized),
+    )
+
+
+def _tokenized(path: Path, model_dir: Path, max_length: int | None) -> list[Any]:
+    from tunecraft.data.loader import load_examples
+    from tunecraft.data.render import tokenize_example
+    from tunecraft.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    return [tokenize_example(e, tokenizer, max_length) for e in load_examples(path)]
 
 
 def test_clean_val_gets_stats_when_train_is_broken(tmp_path: Path, tiny_model_dir: Path) -> None:
     report = check_data(ASSETS / "missing_field.jsonl", val=ASSETS / "text.jsonl", model=str(tiny_model_dir))
-    assert report.stats["train"] is None and report.stats["val"] is not None
+    assert report.stats["train"] is None
+    val = report.stats["val"]
+    tokenized = _tokenized(ASSETS / "text.jsonl", tiny_model_dir, report.max_length)
+    # raw text: every token bears loss
+    assert val is not None and (val.examples, val.tokens, val.loss_tokens) == (
+        2, sum(t.n_tokens for t in tokenized), sum(t.n_tokens for t in tokenized),
+    )
     assert "skipped" in printed(report)
 
 

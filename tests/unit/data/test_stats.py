@@ -1,4 +1,4 @@
-"""Token statistics: counts, percentiles, truncation, the default max length."""
+"""Token statistics: counts, percentiles, truncation; the model context that bounds them."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ from typing import Any
 
 from tunecraft.data.render import tokenize_example
 from tunecraft.data.schema import Example, Message
-from tunecraft.data.stats import (
-    DEFAULT_MAX_LENGTH,
-    default_max_length,
-    length_issues,
-    percentile,
-    token_stats,
-)
+from tunecraft.data.stats import length_issues, percentile, token_stats
+from tunecraft.models.facts import DEFAULT_CONTEXT, context_length
 
 
 def pc(line: int, prompt: str, completion: str) -> Example:
@@ -60,12 +55,12 @@ def test_all_weight_zero_chat_is_not_double_reported(tiny_tokenizer: Any) -> Non
     assert stats.loss_tokens == 0 and stats.no_loss_lines == []
 
 
-def test_default_max_length(tiny_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert default_max_length(tiny_tokenizer, tiny_model_dir) == 512  # the config's positions
+def test_context_length(tiny_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert context_length(tiny_tokenizer, tiny_model_dir) == 512  # the config's positions
 
     class Tok:
         model_max_length = 256
 
-    assert default_max_length(Tok(), tiny_model_dir) == 256  # the smaller limit wins
+    assert context_length(Tok(), tiny_model_dir) == 256  # the smaller limit wins
     Tok.model_max_length = int(1e30)  # "no limit" sentinel
-    assert default_max_length(Tok(), tmp_path) == DEFAULT_MAX_LENGTH
+    assert context_length(Tok(), tmp_path) == DEFAULT_CONTEXT

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,13 +28,21 @@ def test_rope_permutation_is_inverted_by_the_loader() -> None:
     assert np.array_equal(p[:2], w[[0, 4]])
 
 
-def test_tokenizer_fields_match_vocab(tiny_tokenizer) -> None:
+def test_tokenizer_fields_match_vocab(tiny_tokenizer, tiny_model_dir: Path) -> None:
     fields = tokenizer_fields(tiny_tokenizer, len(tiny_tokenizer) + 2)
     assert fields["pre"] == "gpt-2"
     assert fields["tokens"][tiny_tokenizer.eos_token_id] == "<|im_end|>"
     assert fields["types"][tiny_tokenizer.eos_token_id] == 3  # control token
     assert fields["types"][-1] == 5 and fields["tokens"][-1].startswith("[PAD")  # padded rows
-    assert all(" " in m for m in fields["merges"])
+    # 320 tokens: 3 specials (CONTROL), 317 normal, then the 2 padded rows (UNUSED)
+    assert len(fields["tokens"]) == len(fields["types"]) == 322
+    assert Counter(fields["types"]) == {1: 317, 3: 3, 5: 2}
+    assert fields["tokens"][:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    # merges: tokenizer.json's pairs, in order, each as "left right"
+    spec = json.loads((tiny_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in spec["model"]["merges"]]
+    assert fields["merges"] == [f"{a} {b}" for a, b in pairs]
+    assert len(fields["merges"]) == 61 and fields["merges"][:3] == ["Ġ a", "e r", "h e"]
 
 
 def test_non_llama_models_are_refused() -> None:

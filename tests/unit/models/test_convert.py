@@ -34,7 +34,7 @@ class FakeConverter:
 
     def __call__(self, gguf: Path, target: Path) -> None:
         self.calls += 1
-        target.mkdir(parents=True)
+        target.mkdir(parents=True, exist_ok=True)  # save_pretrained accepts an existing dir
         (target / "config.json").write_text("{}", encoding="utf-8")
         time.sleep(self.delay_s)
         if self.fail:

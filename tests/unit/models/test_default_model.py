@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tunecraft.models import convert
 from tunecraft.models.convert import COMPLETE_MARKER, is_complete
 from tunecraft.models.registry import DEFAULT_MODEL, KNOWN_MODELS, embedded_gguf_path
 from tunecraft.models.resolve import resolve_model
@@ -33,19 +33,24 @@ def smoke_home(default_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return home
 
 
-def test_second_resolve_reuses_the_cache(default_model_dir: Path, smoke_home: Path) -> None:
+def test_second_resolve_reuses_the_cache(
+    default_model_dir: Path, smoke_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     marker = default_model_dir / COMPLETE_MARKER
     before = (default_model_dir.stat().st_mtime_ns, marker.stat().st_mtime_ns)
+    monkeypatch.setattr(convert, "_convert_into", _must_not_convert)
     for _ in range(2):
-        start = time.perf_counter()
         resolved = resolve_model(DEFAULT_MODEL, on_status=_no_conversion_expected)
-        assert time.perf_counter() - start < 2.0  # a conversion takes ~20 s
         assert resolved.path == default_model_dir and resolved.source == "embedded"
     assert (default_model_dir.stat().st_mtime_ns, marker.stat().st_mtime_ns) == before
 
 
 def _no_conversion_expected(message: str) -> None:
     raise AssertionError(f"unexpected conversion: {message}")
+
+
+def _must_not_convert(*_args: object) -> None:
+    raise AssertionError("the cached conversion must be reused, not redone")
 
 
 def test_converted_dir_is_a_plain_trainable_hf_model(default_model_dir: Path) -> None:
@@ -81,10 +86,13 @@ def test_converted_model_still_answers(default_model_dir: Path) -> None:
     assert "Paris" in answer
 
 
-def test_gguf_path_shares_the_default_conversion(default_model_dir: Path, smoke_home: Path) -> None:
+def test_gguf_path_shares_the_default_conversion(
+    default_model_dir: Path, smoke_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Passing the embedded .gguf by path goes through the .gguf branch and reuses the cache."""
     gguf = embedded_gguf_path(KNOWN_MODELS[0])
-    assert gguf is not None
+    assert gguf is not None and gguf.name == KNOWN_MODELS[0].gguf_name and gguf.is_file()
+    monkeypatch.setattr(convert, "_convert_into", _must_not_convert)
     resolved = resolve_model(str(gguf), on_status=_no_conversion_expected)
     assert resolved.source == "gguf"
     assert resolved.path == default_model_dir

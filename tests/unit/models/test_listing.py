@@ -69,7 +69,8 @@ def test_converted_default_is_reported(
     default = rows[0]
     assert default["status"] == "converted"
     assert default["converted_path"] == str(target)
-    assert default["converted_bytes"] > 0
+    copied = sum(f.stat().st_size for f in tiny_model_dir.rglob("*") if f.is_file())
+    assert default["converted_bytes"] == copied + (target / COMPLETE_MARKER).stat().st_size
     assert default["params"] == count_parameters(tiny_model_dir)
     assert len(rows) == 3  # the default's own conversion is not listed again
 

@@ -8,7 +8,6 @@ import torch
 
 from tunecraft.train import distributed
 from tunecraft.train.launch import launcher_args, strip_launcher_flags, torchrun_command
-from tunecraft.train.runtime import Runtime
 
 
 def test_launcher_flags_go_to_torchrun_and_the_rest_to_each_worker() -> None:
@@ -21,13 +20,20 @@ def test_launcher_flags_go_to_torchrun_and_the_rest_to_each_worker() -> None:
     assert cmd == [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "tunecraft", "train", "--data", "d.jsonl"]
 
 
-def test_without_a_process_group_everything_is_the_identity() -> None:
-    rt = Runtime(torch.device("cpu"), torch.float32, 1)
-    assert not distributed.active()
-    assert distributed.shard([5, 3, 8], rt) == [5, 3, 8]
-    assert distributed.all_sum([1.5, 2.0], rt) == [1.5, 2.0]
-    assert distributed.broadcast_text("runs/x", rt) == "runs/x"
-    assert distributed.on_main(lambda: 7, rt) == 7
+def test_without_torchrun_the_distribution_is_the_single_process(monkeypatch) -> None:
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    one = distributed.connect(torch.device("cpu"), "fsdp")
+    assert type(one) is distributed.SingleProcess
+    assert (one.rank, one.world_size, one.is_main) == (0, 1, True)
+    assert one.share([5, 3, 8]) == [5, 3, 8]
+    assert one.sum([1.5, 2.0]) == [1.5, 2.0]
+    assert one.agree("runs/x") == "runs/x"
+    assert one.on_main(lambda: 7) == 7
+    model = torch.nn.Linear(2, 2)
+    assert one.prepare(model, torch.float32) is model
+    batches: list = [object(), object()]
+    assert one.micro_batches(batches) is batches  # no fillers with one process
 
 
 def test_gradient_buckets_split_by_dtype_and_size(monkeypatch) -> None:

@@ -18,9 +18,12 @@ from tunecraft.train.loss import compute_loss
 def test_fast_linear_equals_nn_linear_forward_and_backward(bias: bool, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     plain = torch.nn.Linear(24, 40, bias=bias)
-    fast = torch.nn.Linear(24, 40, bias=bias)
-    fast.load_state_dict(plain.state_dict())
-    assert use_fast_linears(fast) == 1 and type(fast) is FastLinear
+    copy = torch.nn.Linear(24, 40, bias=bias)
+    copy.load_state_dict(plain.state_dict())
+    holder = torch.nn.Sequential(copy)
+    assert use_fast_linears(holder) == 1
+    fast = holder[0]
+    assert type(fast) is FastLinear and fast.weight is copy.weight and fast.bias is copy.bias
     x = torch.randn(*shape)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = plain(xa), fast(xb)
@@ -35,9 +38,11 @@ def test_fast_linear_equals_nn_linear_forward_and_backward(bias: bool, shape: tu
 
 
 def test_frozen_weight_gets_no_gradient_and_input_still_does() -> None:
-    layer = torch.nn.Linear(8, 8, bias=False)
-    layer.weight.requires_grad_(False)
-    use_fast_linears(layer)
+    holder = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False))
+    holder[0].weight.requires_grad_(False)
+    use_fast_linears(holder)
+    layer = holder[0]
+    assert type(layer) is FastLinear
     x = torch.randn(3, 8, requires_grad=True)
     layer(x).sum().backward()
     assert layer.weight.grad is None
@@ -59,9 +64,10 @@ def test_conversion_keeps_parameters_names_and_state_dict(make_cfg) -> None:
     model = load_model(plan.model.path)
     before = {k: v for k, v in model.named_parameters()}
     keys = list(model.state_dict())
-    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
-    assert use_fast_linears(model) == n_linear > 0
+    originals = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert use_fast_linears(model) == len(originals) > 0
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert all(type(m) is torch.nn.Linear for m in originals)  # swapped out, never re-classed
     assert list(model.state_dict()) == keys
     assert all(before[k] is v for k, v in model.named_parameters())  # the same objects
 
@@ -99,7 +105,7 @@ def test_lora_adapters_train_the_same_through_onednn_linears(make_cfg) -> None:
     examples, idx = plan.train[:6], list(range(6))
     grads = []
     for fast_linears in (False, True):
-        model = apply_lora(load_model(plan.model.path), plan.cfg.lora, 0)
+        model = apply_lora(load_model(plan.model.path), plan.settings.lora, 0)
         if fast_linears:
             assert use_fast_linears(model) > 0  # base layers, adapters and the LM head
         (batch,) = packed_batches(examples, idx, 6)

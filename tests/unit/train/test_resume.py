@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunecraft.train.checkpoint import complete_checkpoints
-from tunecraft.train.runlog import read_jsonl
+from tunecraft.rundir import complete_checkpoints
+from tunecraft.rundir import read_jsonl
 
 
 def _cmd(model: Path, data: Path, out: Path, method: str, *extra: str) -> list[str]:
@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    last = complete_checkpoints(run / "checkpoints")[-1]
+    last = complete_checkpoints(run)[-1]
     return load_file(str(last / "trainable.safetensors"))
 
 
@@ -40,7 +40,7 @@ def _kill_after_checkpoint(cmd: list[str], run: Path, min_step: int) -> None:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        done = complete_checkpoints(run / "checkpoints")
+        done = complete_checkpoints(run)
         if done and int(done[-1].name.split("-")[1]) >= min_step:
             proc.send_signal(signal.SIGKILL)
             break
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, chat_data, tmp_pat
     subprocess.run(_cmd(tiny_model_dir, chat_data, straight, method), env=_env(), check=True,
                    capture_output=True)
     _kill_after_checkpoint(_cmd(tiny_model_dir, chat_data, broken, method), broken, min_step=5)
-    killed_at = int(complete_checkpoints(broken / "checkpoints")[-1].name.split("-")[1])
+    killed_at = int(complete_checkpoints(broken)[-1].name.split("-")[1])
     res = subprocess.run(
         [sys.executable, "-m", "tunecraft", "train", "--resume", "--out", str(broken)],
         env=_env(), capture_output=True, text=True,
@@ -85,7 +85,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tiny_model_dir, chat_data, tmp_pa
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     assert code == 130, proc.stderr.read().decode()[-3000:] if proc.stderr else code
-    done = complete_checkpoints(run / "checkpoints")
+    done = complete_checkpoints(run)
     assert done, "no checkpoint written on SIGTERM"
     events = [e["event"] for e in read_jsonl(run / "events.jsonl")]
     assert events[-1] == "interrupted"
@@ -101,11 +101,13 @@ def test_incomplete_checkpoint_is_never_loaded(tmp_path: Path) -> None:
     (root / "step-000004" / "COMPLETE").write_text("ok")
     (root / "step-000008").mkdir()  # no COMPLETE marker: torn write
     (root / "step-000009.tmp-123").mkdir()
-    assert [p.name for p in complete_checkpoints(root)] == ["step-000004"]
+    (root / "step-000010.old-123").mkdir()  # a replaced checkpoint not yet removed
+    (root / "step-000010.old-123" / "COMPLETE").write_text("ok")
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000004"]
 
 
 def test_early_stopping_keeps_lowest_validation_loss(make_cfg, tmp_path) -> None:
-    from tunecraft.train.loop import train
+    from runs import train_config as train
 
     # A high learning rate on tiny data overfits fast: validation loss turns up.
     cfg = make_cfg(**{

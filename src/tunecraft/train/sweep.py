@@ -10,7 +10,6 @@ quantity for every variant, unlike training loss), and `sweep.json` records the 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from collections.abc import Callable
@@ -18,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunecraft import rundir
 from tunecraft.config import build_config
+from tunecraft.durable import atomic_write_json
 from tunecraft.errors import ConfigError, TunecraftError
 
 ALIASES = {
@@ -104,22 +105,20 @@ def _row(v: Variant, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary = rundir.read_summary(run_dir)
     return summary if summary.get("status") in ("finished", "early_stopped") else None
 
 
 def _train_variant(config: str | None, v: Variant, run_dir: Path, console: Any) -> dict[str, Any]:
-    from tunecraft.train.loop import train
+    from tunecraft.train.loop import build, train
 
     done = _finished(run_dir)
     if done is not None:
         return done
     cfg = build_config(config, [f"{k}={x}" for k, x in v.values.items()], {"train.out": str(run_dir)})
     try:
-        return train(cfg, resume=(run_dir / "config.yaml").is_file(), console=console).summary
+        plan, rt = build(cfg, on_status=console.print if console else None)
+        return train(plan, rt, resume=rundir.has_run(run_dir), console=console).summary
     except TunecraftError as exc:  # one diverging variant must not sink the sweep
         return {"status": "failed", "message": str(exc)}
 
@@ -166,7 +165,7 @@ def run_sweep(
         "best": ranked[0]["name"] if ranked and ranked[0].get("best_val_loss") is not None else None,
         "evidence": _evidence(ranked), "variants": ranked,
     }
-    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / "sweep.json", result, indent=1)
     return result
 
 

@@ -1,0 +1,241 @@
+"""Pins the command-line surface: every verb, its arguments and its option flags.
+
+A rename or a removed flag fails here, so it has to be deliberate (update SURFACE). The
+contract of shared/DESIGN.md ("these must exist and keep their meaning") is checked on its own:
+SURFACE may grow, the contract may not shrink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tunecraft.cli import app
+
+# verb -> (argument names, {parameter name: its option strings}, boolean flags, required options)
+Surface = dict[str, tuple[list[str], dict[str, tuple[str, ...]], set[str], set[str]]]
+
+_DIST = {
+    "sharding": ("--sharding",),
+    "nproc_per_node": ("--nproc-per-node",),
+    "nnodes": ("--nnodes",),
+    "node_rank": ("--node-rank",),
+    "rdzv_endpoint": ("--rdzv-endpoint",),
+    "rdzv_id": ("--rdzv-id",),
+    "rdzv_backend": ("--rdzv-backend",),
+    "rdzv_conf": ("--rdzv-conf",),
+    "master_addr": ("--master-addr",),
+    "master_port": ("--master-port",),
+}
+
+SURFACE: Surface = {
+    "models": ([], {"as_json": ("--json",)}, {"--json"}, set()),
+    "doctor": ([], {}, set(), set()),
+    "data check": (
+        ["data"],
+        {
+            "val": ("--val",),
+            "model": ("--model", "-m"),
+            "max_length": ("--max-length",),
+            "as_json": ("--json",),
+        },
+        {"--json"},
+        set(),
+    ),
+    "data show": (
+        ["data"],
+        {"model": ("--model", "-m"), "n": ("-n",), "max_length": ("--max-length",)},
+        set(),
+        set(),
+    ),
+    "train": (
+        ["args"],
+        {
+            "model": ("--model", "-m"),
+            "data": ("--data", "-d"),
+            "val": ("--val",),
+            "method": ("--method",),
+            "epochs": ("--epochs",),
+            "max_steps": ("--max-steps",),
+            "lr": ("--lr",),
+            "max_length": ("--max-length",),
+            "batch_size": ("--batch-size",),
+            "seed": ("--seed",),
+            "engine": ("--engine",),
+            "out": ("--out", "-o"),
+            "resume": ("--resume",),
+            "dry_run": ("--dry-run",),
+            **_DIST,
+        },
+        {"--resume", "--dry-run"},
+        set(),
+    ),
+    "serve": (
+        ["targets"],
+        {
+            "host": ("--host",),
+            "port": ("--port",),
+            "api_key": ("--api-key",),
+            "max_queue": ("--max-queue",),
+            "max_batch": ("--max-batch",),
+        },
+        set(),
+        set(),
+    ),
+    "export": (
+        ["run_dir"],
+        {
+            "fmt": ("--format", "-f"),
+            "out": ("--out", "-o"),
+            "dtype": ("--dtype",),
+            "gguf_type": ("--gguf-type",),
+            "overwrite": ("--overwrite",),
+        },
+        {"--overwrite"},
+        {"--format", "--out"},
+    ),
+    "chat": (
+        ["target"],
+        {
+            "max_tokens": ("--max-tokens",),
+            "temperature": ("--temperature",),
+            "system": ("--system",),
+        },
+        set(),
+        set(),
+    ),
+    "demo": ([], {"out": ("--out", "-o")}, set(), set()),
+    "eval": (
+        ["run_dir"],
+        {
+            "data": ("--data", "-d"),
+            "baselines": ("--baselines",),
+            "limit": ("--limit",),
+            "max_new_tokens": ("--max-new-tokens",),
+            "batch_size": ("--batch-size",),
+            "few_shot": ("--few-shot",),
+            "prompt_file": ("--prompt-file",),
+            "checkpoint": ("--checkpoint",),
+            "as_json": ("--json",),
+        },
+        {"--json"},
+        {"--data"},
+    ),
+    "sweep": (["args"], {"grid": ("--grid",), "out": ("--out", "-o")}, set(), set()),
+}
+
+# shared/DESIGN.md, "CLI (more flags are welcome; these must exist and keep their meaning)".
+# verb -> (positional arguments in order as (name, variadic), flags, boolean flags)
+CONTRACT: dict[str, tuple[list[tuple[str, bool]], set[str], set[str]]] = {
+    "models": ([], {"--json"}, {"--json"}),
+    "data check": ([("data", False)], {"--val", "--model", "--max-length", "--json"}, {"--json"}),
+    "train": (
+        [("args", True)],  # [CONFIG.yaml] [key=value ...]
+        {"--model", "--data", "--val", "--method", "--epochs", "--max-steps", "--lr",
+         "--max-length", "--seed", "--out", "--resume"},
+        {"--resume"},
+    ),
+    "eval": ([("run_dir", False)], {"--data", "--baselines", "--limit"}, set()),
+    "chat": ([("target", False)], set(), set()),
+    "export": ([("run_dir", False)], {"--format", "--out"}, set()),
+    "serve": ([("targets", True)], {"--host", "--port", "--api-key"}, set()),
+    "demo": ([], set(), set()),
+}
+
+
+def _verbs() -> dict[str, Any]:
+    """Every leaf command by its full name ("data check"), walking the click tree."""
+    root = typer.main.get_command(app)
+
+    def walk(cmd: Any, prefix: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+        subs = getattr(cmd, "commands", None)  # a group (typer vendors click: duck-type it)
+        if subs is None:
+            yield " ".join(prefix), cmd
+            return
+        for name, sub in subs.items():
+            yield from walk(sub, (*prefix, name))
+
+    return dict(walk(root, ()))
+
+
+def _options(cmd: Any) -> list[Any]:
+    return [p for p in cmd.params if p.param_type_name == "option"]
+
+
+def _arguments(cmd: Any) -> list[Any]:
+    return [p for p in cmd.params if p.param_type_name == "argument"]
+
+
+def test_the_exact_set_of_verbs() -> None:
+    assert set(_verbs()) == set(SURFACE)
+    root = typer.main.get_command(app)
+    assert set(root.commands) == {
+        "models", "doctor", "data", "train", "serve", "export", "chat", "demo", "eval", "sweep",
+    }
+    assert set(root.commands["data"].commands) == {"check", "show"}
+
+
+@pytest.mark.parametrize("verb", sorted(SURFACE))
+def test_each_verb_has_exactly_its_arguments_and_flags(verb: str) -> None:
+    cmd = _verbs()[verb]
+    args, options, flags, required = SURFACE[verb]
+    assert [p.name for p in _arguments(cmd)] == args
+    got = {p.name: (*p.opts, *p.secondary_opts) for p in _options(cmd)}
+    assert {name: set(opts) for name, opts in got.items()} == {
+        name: set(opts) for name, opts in options.items()
+    }
+    assert {p.opts[0] for p in _options(cmd) if p.is_flag} == flags
+    assert {p.opts[0] for p in _options(cmd) if p.required} == required
+
+
+@pytest.mark.parametrize("verb", sorted(CONTRACT))
+def test_design_contract_is_a_subset(verb: str) -> None:
+    verbs = _verbs()
+    assert verb in verbs, f"DESIGN.md names `tunecraft {verb}`"
+    cmd = verbs[verb]
+    positional, flags, booleans = CONTRACT[verb]
+    got_args = [(p.name, p.nargs == -1) for p in _arguments(cmd)]
+    assert got_args[: len(positional)] == positional
+    available = {o for p in _options(cmd) for o in (*p.opts, *p.secondary_opts)}
+    assert flags <= available, flags - available
+    assert booleans <= {p.opts[0] for p in _options(cmd) if p.is_flag}
+    # a contract flag takes a value unless the contract shows it bare
+    for p in _options(cmd):
+        if set(p.opts) & (flags - booleans):
+            assert not p.is_flag, p.opts
+
+
+def test_surface_table_covers_the_contract() -> None:
+    for verb, (_, flags, _) in CONTRACT.items():
+        table = {o for opts in SURFACE[verb][1].values() for o in opts}
+        assert flags <= table, verb
+
+
+def test_top_level_help_lists_every_verb() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for name in ("models", "doctor", "data", "train", "serve", "export", "chat", "demo", "eval",
+                 "sweep"):
+        assert name in result.output, name
+
+
+def test_train_help_shows_its_flags() -> None:
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    for flag in ("--model", "--data", "--epochs", "--resume", "--dry-run", "--nproc-per-node"):
+        assert flag in result.output, flag
+
+
+def test_data_help_lists_check_and_show() -> None:
+    result = CliRunner().invoke(app, ["data", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "check" in result.output and "show" in result.output
+
+
+def test_unknown_flag_is_a_usage_error() -> None:
+    result = CliRunner().invoke(app, ["models", "--no-such-flag"])
+    assert result.exit_code == 2
