@@ -241,3 +241,34 @@ def dump_config(cfg: RunConfig, path: Path) -> None:
 def load_config(path: Path) -> RunConfig:
     """Read a config.yaml written by `dump_config`."""
     return build_config(path)
+
+
+def _field(key: str) -> Any:
+    """The pydantic FieldInfo of a dotted key (`train.lr`)."""
+    section, name = key.split(".")
+    model = RunConfig.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel), key
+    return model.model_fields[name]
+
+
+def describe(key: str) -> str:
+    """A setting's description: the one text behind the config, the CLI help and the docs."""
+    description = _field(key).description
+    assert description, f"{key} has no description"
+    return description
+
+
+def settings_help(sections: tuple[str, ...] = ("model", "data", "lora", "train")) -> list[tuple[str, str]]:
+    """(`key=DEFAULT`, description) for every setting of `sections`, for `train --help`."""
+    rows = []
+    for section in sections:
+        model = RunConfig.model_fields[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name, info in model.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            if default is None:
+                shown = "auto" if "auto" in (info.description or "") else "null"
+            else:
+                shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append((f"{section}.{name}={shown}", info.description or ""))
+    return rows
