@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from tunecraft.config import describe, settings_help
 from tunecraft.errors import TunecraftError
 
 app = typer.Typer(
@@ -24,10 +25,7 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
-ModelOpt = Annotated[
-    Optional[str],
-    typer.Option("--model", "-m", help="Model name, local HF dir, .gguf file or Hub id."),
-]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=describe("model.name"))]
 
 
 @app.command()
@@ -85,27 +83,33 @@ def data_show(
 _DIST = "Several processes or machines (torchrun)"
 
 
-@app.command(context_settings={"allow_extra_args": False})
+def _train_epilog() -> str:
+    """Every setting a key=value override (or a YAML file) can set, from the config itself."""
+    rows = "\n\n".join(f"[bold]{key}[/]  {text}" for key, text in settings_help())
+    return "Settings (key=value; each flag above sets one of them):\n\n" + rows
+
+
+@app.command(context_settings={"allow_extra_args": False}, epilog=_train_epilog())
 def train(
     args: Annotated[
         Optional[list[str]],
         typer.Argument(help="[CONFIG.yaml] [key=value ...] e.g. train.lr=1e-4 lora.r=8", show_default=False),
     ] = None,
     model: ModelOpt = None,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Training data (JSONL/CSV).")] = None,
-    val: Annotated[Optional[str], typer.Option("--val", help="Validation data (default: split of train).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="lora or full (default: auto).")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Passes over the data.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Max tokens per example.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per optimizer step.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="fast (default) or reference.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=describe("data.train"))] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help=describe("data.val"))] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help=describe("train.method"))] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help=describe("train.epochs"))] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help=describe("train.max_steps"))] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=describe("train.lr"))] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=describe("data.max_length"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=describe("train.batch_size"))] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help=describe("train.seed"))] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help=describe("train.engine"))] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help=describe("train.out"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and a measured time estimate; train nothing.")] = False,
-    sharding: Annotated[Optional[str], typer.Option("--sharding", help="ddp (default: model replicated) or fsdp (sharded).", rich_help_panel=_DIST)] = None,
+    sharding: Annotated[Optional[str], typer.Option("--sharding", help=describe("train.sharding"), rich_help_panel=_DIST)] = None,
     nproc_per_node: Annotated[Optional[str], typer.Option("--nproc-per-node", help="Processes on this machine (one per GPU); runs under torchrun.", rich_help_panel=_DIST)] = None,
     nnodes: Annotated[Optional[str], typer.Option("--nnodes", help="Machines taking part (torchrun).", rich_help_panel=_DIST)] = None,
     node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This machine's rank (torchrun, static rendezvous).", rich_help_panel=_DIST)] = None,

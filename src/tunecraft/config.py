@@ -55,10 +55,10 @@ class LoraConfig(_Section):
 class TrainConfig(_Section):
     method: Literal["auto", "lora", "full"] = Field("auto", description="lora or full fine-tuning (auto: from model size).")
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (auto: from data size).")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (null: when the epochs end).")
     lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (auto: from method).")
     batch_size: int | None = Field(None, ge=1, description="Examples per optimizer step (auto).")
-    micro_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass; the rest is accumulated.")
+    micro_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass; the rest is accumulated (auto: ~4k tokens per pass on CPU).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")

@@ -239,3 +239,31 @@ def test_data_help_lists_check_and_show() -> None:
 def test_unknown_flag_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["models", "--no-such-flag"])
     assert result.exit_code == 2
+
+
+# Flags that set one config key: their help is that key's description, never retyped.
+CONFIG_FLAGS = {
+    "--model": "model.name", "--data": "data.train", "--val": "data.val", "--method": "train.method",
+    "--epochs": "train.epochs", "--max-steps": "train.max_steps", "--lr": "train.lr",
+    "--max-length": "data.max_length", "--batch-size": "train.batch_size", "--seed": "train.seed",
+    "--engine": "train.engine", "--out": "train.out", "--sharding": "train.sharding",
+}
+
+
+def test_train_flag_help_is_the_config_description() -> None:
+    from tunecraft.config import describe
+
+    train = _verbs()["train"]
+    helps = {flag: opt.help for opt in _options(train) for flag in opt.opts}
+    for flag, key in CONFIG_FLAGS.items():
+        assert helps[flag] == describe(key), flag
+
+
+def test_train_help_lists_every_setting_with_its_description() -> None:
+    from tunecraft.config import settings_help
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for key, description in settings_help():
+        assert key in text and " ".join(description.split()) in text, key

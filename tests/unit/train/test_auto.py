@@ -1,0 +1,135 @@
+"""Auto settings: each rule's value and reason, and the plan that resolves them all once.
+
+The plan is the loop's only configuration, so these pin what a user with no flags gets, and
+that a value the user gave is kept exactly and recorded as theirs (no auto choice for it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tunecraft.errors import ConfigError
+from tunecraft.hardware import has_fast_bf16
+from tunecraft.train import auto
+from tunecraft.train.loop import build
+from tunecraft.train.plan import TrainSettings, make_plan, total_steps
+
+
+@pytest.mark.parametrize(("n_params", "method"), [(10_000, "full"), (49_999_999, "full"),
+                                                  (50_000_000, "lora"), (135_000_000, "lora")])
+def test_method_from_size(n_params: int, method: str) -> None:
+    assert auto.choose_method(n_params).value == method
+
+
+def test_lr_by_method() -> None:
+    assert auto.choose_lr("lora").value == 1e-3
+    assert auto.choose_lr("full").value == 5e-5
+
+
+@pytest.mark.parametrize(("n", "epochs"), [(1, 4.0), (200, 4.0), (201, 3.0), (1000, 3.0),
+                                           (1001, 2.0), (5000, 2.0), (5001, 1.0)])
+def test_epochs_by_data_size(n: int, epochs: float) -> None:
+    assert auto.choose_epochs(n).value == epochs
+
+
+@pytest.mark.parametrize(("n", "batch"), [(10, 2), (25, 2), (64, 6), (159, 15), (160, 16), (10_000, 16)])
+def test_batch_size_by_data_size(n: int, batch: int) -> None:
+    assert auto.choose_batch_size(n).value == batch
+
+
+def test_max_length_covers_p99_rounded_to_64_within_context() -> None:
+    lengths = list(range(1, 201))  # p99 = 199 -> 256
+    assert auto.choose_max_length(lengths, 2048).value == 256
+    assert auto.choose_max_length(lengths, 128).value == 128  # capped at the context
+    assert auto.choose_max_length([3, 5], 2048).value == 64  # never below 64
+    assert auto.choose_max_length([], 300).value == 300
+
+
+def test_micro_batch_by_token_budget() -> None:
+    assert auto.choose_micro_batch(16, 128, "cpu").value == 16  # 4096 // 128 = 32, capped at 16
+    assert auto.choose_micro_batch(16, 512, "cpu").value == 8
+    assert auto.choose_micro_batch(16, 8192, "cpu").value == 1
+    assert auto.choose_micro_batch(64, 512, "cuda").value == 64
+
+
+def test_cadence_and_epochs_for_steps() -> None:
+    assert auto.choose_eval_every(54).value == 5
+    assert auto.choose_eval_every(7).value == 1
+    assert auto.choose_save_every(5).value == 5
+    choice = auto.epochs_for_steps(10, 64, 8)  # 8 steps per epoch
+    assert choice.value == 1.25 and "8 steps per epoch" in choice.reason
+
+
+def test_precision_follows_the_hardware() -> None:
+    cpu = torch.device("cpu")
+    assert auto.choose_precision(cpu, deterministic=True).value == "fp32"
+    assert auto.choose_precision(cpu, deterministic=False).value == ("bf16" if has_fast_bf16() else "fp32")
+
+
+def test_total_steps() -> None:
+    assert total_steps(1.0, 64, 8, None) == 8
+    assert total_steps(2.5, 64, 8, None) == 20
+    assert total_steps(1.0, 65, 8, None) == 9  # the partial last batch is a step
+    assert total_steps(3.0, 64, 8, 10) == 10
+    assert total_steps(0.01, 64, 8, None) == 1
+
+
+def test_all_auto_plan_resolves_everything_once_with_reasons(make_cfg) -> None:
+    cfg = make_cfg(**{"train.lr": None, "train.epochs": None, "train.batch_size": None,
+                      "train.micro_batch_size": None, "train.method": "auto", "train.precision": "auto"})
+    plan = make_plan(cfg)
+    s = plan.settings
+    # The tiny model is small (full), the 64-row data gives 57 train rows (4 epochs, batch 5).
+    assert (s.method, s.lr, s.epochs, s.batch_size) == ("full", 5e-5, 4.0, 5)
+    assert s.micro_batch_size == 5 and s.max_length == 128  # p99 of the rows, rounded up to 64s
+    assert plan.total_steps == 48 and (s.eval_every, s.save_every) == (4, 4)
+    chosen = [c.field for c in plan.choices]
+    assert len(chosen) == len(set(chosen))  # each decided once
+    assert {"train.method", "train.lr", "train.epochs", "train.batch_size", "train.micro_batch_size",
+            "data.max_length", "train.compile", "train.precision", "train.threads",
+            "train.eval_every", "train.save_every"} == set(chosen)
+    assert all(c.reason for c in plan.choices)
+    # config.yaml records the same decisions, with nothing left on auto.
+    resolved = plan.config
+    for field in dataclasses.fields(TrainSettings):
+        value = getattr(s, field.name)
+        section = "data" if field.name == "max_length" else "train"
+        if field.name in ("base_model", "trust_remote_code", "lora"):
+            continue
+        assert getattr(getattr(resolved, section), field.name) == value, field.name
+
+
+def test_given_values_are_kept_and_not_recorded_as_choices(make_cfg) -> None:
+    plan = make_plan(make_cfg(**{"train.eval_every": 3, "train.save_every": 6, "train.threads": 1,
+                                 "train.compile": False, "data.max_length": 96}))
+    s = plan.settings
+    assert (s.lr, s.epochs, s.batch_size, s.micro_batch_size, s.method) == (1e-3, 1, 8, 8, "full")
+    assert (s.eval_every, s.save_every, s.threads, s.compile, s.max_length) == (3, 6, 1, False, 96)
+    chosen = {c.field for c in plan.choices}
+    assert not chosen & {"train.lr", "train.epochs", "train.batch_size", "train.eval_every",
+                         "train.save_every", "train.threads", "train.compile", "data.max_length"}
+
+
+def test_the_plan_is_frozen(make_cfg) -> None:
+    plan = make_plan(make_cfg())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.settings.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.total_steps = 1  # type: ignore[misc]
+
+
+def test_bf16_with_deterministic_is_refused(make_cfg) -> None:
+    with pytest.raises(ConfigError, match="deterministic"):
+        make_plan(make_cfg(**{"train.precision": "bf16", "train.deterministic": True}))
+
+
+def test_build_does_not_change_the_plan_it_was_given(make_cfg, tmp_path) -> None:
+    plan, rt = build(make_cfg())
+    assert plan.run_dir == tmp_path / "run" and plan.config.train.out == str(tmp_path / "run")
+    moved = plan.with_run_dir(tmp_path / "elsewhere")
+    assert moved.config.train.out == str(tmp_path / "elsewhere")
+    assert plan.config.train.out == str(tmp_path / "run")  # the original is untouched
+    assert rt.world_size == 1 and rt.is_main and rt.threads == plan.settings.threads
