@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -26,6 +26,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=describe("model.name"))]
+# Only this flag of the command being run lets a model's own code run: a run directory's
+# config.yaml may come from anyone, so it never does.
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let the model run its own Python code (auto_map in config.json). Off by default; "
+        "only for models whose code you have read and trust. A run directory's config never turns it on.",
+    ),
+]
 
 
 @app.command()
@@ -81,6 +91,7 @@ def data_show(
 
 
 _DIST = "Several processes or machines (torchrun)"
+_SERVICE = "Fine-tuning service (OpenAI's files and jobs API)"
 
 
 def _train_epilog() -> str:
@@ -160,14 +171,37 @@ def serve(
     ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Waiting requests before answering 429.")] = 64,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Requests decoded together in one batch.")] = 8,
+    max_tokens_limit: Annotated[
+        int, typer.Option("--max-tokens-limit", min=1, help="The most max_tokens one request may ask for (more: a 400).")
+    ] = 4096,
+    trust_remote_code: TrustOpt = False,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option("--data-dir", help="Also run OpenAI's files and fine-tuning jobs API, keeping its state here.",
+                     rich_help_panel=_SERVICE),
+    ] = None,
+    max_jobs: Annotated[int, typer.Option("--max-jobs", min=1, help="Jobs trained at once.", rich_help_panel=_SERVICE)] = 1,
+    job_setting: Annotated[
+        Optional[list[str]],
+        typer.Option("--job-setting", help="A training setting key=value for every job (repeatable).",
+                     rich_help_panel=_SERVICE),
+    ] = None,
 ) -> None:
-    """Serve run directories or models over an OpenAI-compatible HTTP API."""
+    """Serve run directories or models over an OpenAI-compatible HTTP API (and fine-tune with --data-dir)."""
     from tunecraft.config import DEFAULT_MODEL
     from tunecraft.serve.app import ServeSettings
     from tunecraft.serve.server import serve as run_server
 
-    settings = ServeSettings(max_queue=max_queue, max_batch=max_batch)
-    run_server(targets or [DEFAULT_MODEL], host, port, api_key, settings, on_status=err_console.print)
+    settings = ServeSettings(max_queue=max_queue, max_batch=max_batch, max_tokens_limit=max_tokens_limit)
+    extension = None
+    if data_dir is not None:
+        from tunecraft.service.api import service_factory
+
+        extension = service_factory(data_dir, max_jobs, job_setting or [])
+    run_server(
+        targets or [DEFAULT_MODEL], host, port, api_key, settings, on_status=err_console.print,
+        trust_remote_code=trust_remote_code, extension=extension,
+    )
 
 
 @app.command()
@@ -180,12 +214,14 @@ def export(
     ] = None,
     gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf: f16, q8_0 or f32.")] = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Export a run as a PEFT adapter, a merged HF model, or a GGUF file; verified before success."""
     from tunecraft.export import export_run
 
     result = export_run(
-        run_dir, fmt, out, dtype=dtype, gguf_type=gguf_type, overwrite=overwrite, on_status=err_console.print
+        run_dir, fmt, out, dtype=dtype, gguf_type=gguf_type, overwrite=overwrite, on_status=err_console.print,
+        trust_remote_code=trust_remote_code,
     )
     for check in result.checks:
         console.print(f"  [green]ok[/] {check}", highlight=False)
@@ -198,11 +234,12 @@ def chat(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length limit.")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     system: Annotated[Optional[str], typer.Option("--system", help="System message.")] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Chat in the terminal with a tuned run or a model (streamed, training's chat template)."""
     from tunecraft.serve.chat import run_chat
 
-    run_chat(target, max_tokens, temperature, system)
+    run_chat(target, max_tokens, temperature, system, trust_remote_code=trust_remote_code)
 
 
 @app.command()
@@ -274,6 +311,78 @@ def sweep(
     console.print(sweep_table(result))
     console.print(result["evidence"], highlight=False)
     console.print(f"  sweep.json: {out_dir / 'sweep.json'}", highlight=False)
+
+
+jobs_app = typer.Typer(help="Fine-tuning jobs on a running `tunecraft serve --data-dir` (OpenAI's jobs API).",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+UrlOpt = Annotated[str, typer.Option("--url", help="The server's API base URL.")]
+KeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="TUNECRAFT_API_KEY", help="The server's API key.")]
+DEFAULT_URL = "http://127.0.0.1:8000/v1"
+
+
+def _client(url: str, api_key: str | None) -> Any:
+    from tunecraft.service.client import Client
+
+    return Client(url, api_key)
+
+
+@jobs_app.command("create")
+def jobs_create(
+    model: Annotated[str, typer.Option("--model", "-m", help="A base model the server serves (see /v1/models).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Training data (uploaded first).")],
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation data (uploaded first).")] = None,
+    suffix: Annotated[Optional[str], typer.Option("--suffix", help="Part of the tuned model's name.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="n_epochs (default: auto).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Upload the data and create a fine-tuning job."""
+    from tunecraft.service.client import create_job, job_line
+
+    console.print(job_line(create_job(_client(url, api_key), model, data, val, suffix, epochs, seed)), highlight=False)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: Annotated[int, typer.Option("--limit", help="How many, newest first.")] = 20,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """List fine-tuning jobs, newest first."""
+    from tunecraft.service.client import job_line
+
+    for job in _client(url, api_key).get(f"/fine_tuning/jobs?limit={limit}")["data"]:
+        console.print(job_line(job), highlight=False)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="ftjob-...")], url: UrlOpt = DEFAULT_URL,
+              api_key: KeyOpt = None) -> None:
+    """Print one job as JSON."""
+    print(json.dumps(_client(url, api_key).get(f"/fine_tuning/jobs/{job_id}"), indent=2))
+
+
+@jobs_app.command("events")
+def jobs_events(
+    job_id: Annotated[str, typer.Argument(help="ftjob-...")],
+    limit: Annotated[int, typer.Option("--limit", help="How many, newest last.")] = 100,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Print a job's events, oldest first (validation, plan, steps, evaluations, verdict)."""
+    for event in reversed(_client(url, api_key).get(f"/fine_tuning/jobs/{job_id}/events?limit={limit}")["data"]):
+        console.print(f"[dim]{event['level']:>5}[/] {event['message']}", highlight=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="ftjob-...")], url: UrlOpt = DEFAULT_URL,
+                api_key: KeyOpt = None) -> None:
+    """Cancel a job (a running one stops at its next step and keeps its last checkpoint)."""
+    from tunecraft.service.client import job_line
+
+    console.print(job_line(_client(url, api_key).post_json(f"/fine_tuning/jobs/{job_id}/cancel", {})), highlight=False)
 
 
 def main() -> None:

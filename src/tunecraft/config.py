@@ -57,6 +57,9 @@ class TrainConfig(_Section):
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (auto: from data size).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (null: when the epochs end).")
     lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (auto: from method).")
+    lr_multiplier: float = Field(
+        1.0, gt=0, le=10, description="Scales the learning rate, auto or given (OpenAI's learning_rate_multiplier)."
+    )
     batch_size: int | None = Field(None, ge=1, description="Examples per optimizer step (auto).")
     micro_batch_size: int | None = Field(None, ge=1, description="Examples per forward pass; the rest is accumulated (auto: ~4k tokens per pass on CPU).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
@@ -97,7 +100,10 @@ class EvalConfig(_Section):
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="Bind address (anything but loopback needs an API key).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
-    api_key: str | None = Field(None, description="Bearer key required on every route but /health.")
+    # A secret: never dumped (config.yaml is copied and shared with runs) and never shown in a repr.
+    api_key: str | None = Field(
+        None, exclude=True, repr=False, description="Bearer key required on every route but /health (never written to config.yaml)."
+    )
 
 
 class RunConfig(_Section):

@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunecraft.durable import atomic_write, atomic_write_json, atomic_write_text
 from tunecraft.data.render import TemplateMode
+from tunecraft.durable import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    recover_children,
+    recover_dir,
+)
 from tunecraft.errors import TunecraftError
 
 if TYPE_CHECKING:
@@ -187,10 +193,14 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp dirs and those without COMPLETE are skipped)."""
+    """Complete checkpoints, oldest first (temp dirs and those without COMPLETE are skipped).
+
+    A checkpoint a crash left parked mid-replacement (`step-N.old-PID`) is restored first.
+    """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
+    recover_children(root)
     found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None
              and (p / COMPLETE).is_file()]
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
@@ -214,12 +224,14 @@ class RunInfo:
     base_model_path: Path | None  # its resolved local HF dir, when it still exists
     template: TemplateMode
     system_prompt: str | None
-    trust_remote_code: bool
+    # No trust_remote_code here on purpose: a run directory may come from anyone, so whether a
+    # model's own code may run is decided by the flag of the command loading it, never by the run.
 
 
 def is_run_dir(path: Path) -> bool:
     """A directory written by `tunecraft train` (has model/ plus summary.json or config.yaml)."""
     path = Path(path)
+    recover_dir(path / MODEL)  # a crash mid-replacement may have parked model/ as model.old-PID
     return (path / MODEL).is_dir() and ((path / SUMMARY).is_file() or (path / CONFIG).is_file())
 
 
@@ -249,7 +261,6 @@ def read_run(run_dir: Path | str) -> RunInfo:
         base_model_path=Path(base_path) if base_path and Path(base_path).is_dir() else None,
         template=cfg.data.template,
         system_prompt=cfg.data.system_prompt,
-        trust_remote_code=cfg.model.trust_remote_code,
     )
 
 

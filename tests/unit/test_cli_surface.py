@@ -32,6 +32,8 @@ _DIST = {
     "master_port": ("--master-port",),
 }
 
+_JOBS = {"url": ("--url",), "api_key": ("--api-key",)}
+
 SURFACE: Surface = {
     "models": ([], {"as_json": ("--json",)}, {"--json"}, set()),
     "doctor": ([], {}, set(), set()),
@@ -82,8 +84,13 @@ SURFACE: Surface = {
             "api_key": ("--api-key",),
             "max_queue": ("--max-queue",),
             "max_batch": ("--max-batch",),
+            "max_tokens_limit": ("--max-tokens-limit",),
+            "trust_remote_code": ("--trust-remote-code",),
+            "data_dir": ("--data-dir",),
+            "max_jobs": ("--max-jobs",),
+            "job_setting": ("--job-setting",),
         },
-        set(),
+        {"--trust-remote-code"},
         set(),
     ),
     "export": (
@@ -94,8 +101,9 @@ SURFACE: Surface = {
             "dtype": ("--dtype",),
             "gguf_type": ("--gguf-type",),
             "overwrite": ("--overwrite",),
+            "trust_remote_code": ("--trust-remote-code",),
         },
-        {"--overwrite"},
+        {"--overwrite", "--trust-remote-code"},
         {"--format", "--out"},
     ),
     "chat": (
@@ -104,8 +112,9 @@ SURFACE: Surface = {
             "max_tokens": ("--max-tokens",),
             "temperature": ("--temperature",),
             "system": ("--system",),
+            "trust_remote_code": ("--trust-remote-code",),
         },
-        set(),
+        {"--trust-remote-code"},
         set(),
     ),
     "demo": ([], {"out": ("--out", "-o")}, set(), set()),
@@ -126,6 +135,17 @@ SURFACE: Surface = {
         {"--data"},
     ),
     "sweep": (["args"], {"grid": ("--grid",), "out": ("--out", "-o")}, set(), set()),
+    "jobs create": (
+        [],
+        {"model": ("--model", "-m"), "data": ("--data", "-d"), "val": ("--val",), "suffix": ("--suffix",),
+         "epochs": ("--epochs",), "seed": ("--seed",), **_JOBS},
+        set(),
+        {"--model", "--data"},
+    ),
+    "jobs list": ([], {"limit": ("--limit",), **_JOBS}, set(), set()),
+    "jobs show": (["job_id"], dict(_JOBS), set(), set()),
+    "jobs events": (["job_id"], {"limit": ("--limit",), **_JOBS}, set(), set()),
+    "jobs cancel": (["job_id"], dict(_JOBS), set(), set()),
 }
 
 # shared/DESIGN.md, "CLI (more flags are welcome; these must exist and keep their meaning)".
@@ -174,9 +194,10 @@ def test_the_exact_set_of_verbs() -> None:
     assert set(_verbs()) == set(SURFACE)
     root = typer.main.get_command(app)
     assert set(root.commands) == {
-        "models", "doctor", "data", "train", "serve", "export", "chat", "demo", "eval", "sweep",
+        "models", "doctor", "data", "train", "serve", "export", "chat", "demo", "eval", "sweep", "jobs",
     }
     assert set(root.commands["data"].commands) == {"check", "show"}
+    assert set(root.commands["jobs"].commands) == {"create", "list", "show", "events", "cancel"}
 
 
 @pytest.mark.parametrize("verb", sorted(SURFACE))

@@ -3,19 +3,22 @@
 JSONL files hold one object per line in one of four formats (chat `messages`, `prompt` +
 `completion`, `instruction` + optional `input` + `output`, raw `text`); CSV files have a header
 with `prompt,completion` or `text` columns. Every problem becomes an `Issue` naming the line, the
-bad value and the fix, so `data check` can list all of them at once.
+bad value and the fix, so `data check` can list all of them at once. Nothing is dropped or
+changed silently: duplicate keys and CSV columns are errors, text that cannot be tokenized (lone
+surrogates, NUL characters) is an error at its line, and keys training ignores are warnings.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunecraft.data.reader import Line, ReadResult, read_lines
+from tunecraft.data.reader import MAX_LINE_BYTES, Line, ReadResult, read_lines
 from tunecraft.data.schema import ROLES, Example, Format, Issue, Message
 
 # Keys that identify a format, checked in this order: a record with `messages` is a chat even if
@@ -41,6 +44,19 @@ ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": 
               "ai": "assistant", "chatbot": "assistant", "developer": "system"}
 CSV_COLUMNS: dict[Format, tuple[str, ...]] = {"prompt_completion": ("prompt", "completion"),
                                               "text": ("text",)}
+MESSAGE_KEYS = ("role", "content", "weight")
+# Message keys of richer chat formats that training drops, and what dropping them means.
+IGNORED_MESSAGE_HINTS = {
+    "tool_calls": "tool calls are not supported for training: only the content trains",
+    "function_call": "function calls are not supported for training: only the content trains",
+    "tool_call_id": "tool results are not supported for training",
+    "name": "the chat template does not render speaker names",
+}
+# Top-level keys that change what a conversation means; others (ids, metadata) are bookkeeping.
+TOOL_KEYS = ("tools", "functions", "parallel_tool_calls")
+# A NUL, or a lone UTF-16 surrogate (a JSON escape like "\ud83d" without its pair): neither is
+# text a tokenizer accepts, so they must stop at validation, not crash tokenization later.
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass
@@ -113,7 +129,22 @@ class _Checker:
             return ""
         if required and not value.strip():
             self.add("empty_field", f'"{key}" is empty; {fix}')
+        self.text(value, f'"{key}"')
         return value
+
+    def text(self, value: str, where: str) -> None:
+        """An issue when `value` holds a character no tokenizer accepts (NUL, lone surrogate)."""
+        match = _BAD_CHAR.search(value)
+        if match is None:
+            return
+        at = match.start() + 1
+        if match.group() == "\x00":
+            self.add("nul_character", f"{where} holds a NUL character (\\u0000) at character "
+                     f"{at}; remove it (NULs come from binary data or a UTF-16 file read as UTF-8)")
+        else:
+            self.add("invalid_unicode", f"{where} holds a lone surrogate \\u{ord(match.group()):04x} "
+                     f"at character {at}: half of an escaped UTF-16 pair, which is not text; write "
+                     'the character itself, escape the whole pair (e.g. "\\ud83d\\ude00"), or remove it')
 
 
 def _parse_prompt_completion(obj: dict[str, Any], c: _Checker) -> Example | None:
@@ -168,7 +199,21 @@ def _check_content(msg: dict[str, Any], where: str, c: _Checker) -> str | None:
         return None
     if not content.strip():
         c.add("empty_field", f"{where}.content is empty; write the message text or drop the message")
+    c.text(content, f"{where}.content")
     return content
+
+
+def _check_ignored(msg: dict[str, Any], where: str, c: _Checker) -> None:
+    """A warning naming the keys of a message that training drops."""
+    ignored = [key for key in msg if key not in MESSAGE_KEYS]
+    if not ignored:
+        return
+    hints = [IGNORED_MESSAGE_HINTS.get(key, "training reads only role, content and weight")
+             for key in ignored]
+    names = ", ".join(json.dumps(key) for key in ignored)
+    c.add("ignored_field", f"{where} has {names}, which training ignores "
+          f"({'; '.join(dict.fromkeys(hints))}); remove it, or put what matters into the content",
+          "warning")
 
 
 def _check_weight(msg: dict[str, Any], role: str | None, where: str, c: _Checker) -> int:
@@ -193,6 +238,7 @@ def _parse_message(msg: Any, where: str, c: _Checker) -> Message | None:
     role = _check_role(msg, where, c)
     content = _check_content(msg, where, c)
     weight = _check_weight(msg, role, where, c)
+    _check_ignored(msg, where, c)
     if role is None or content is None:
         return None
     return Message(role, content, weight)
@@ -208,6 +254,11 @@ def _parse_chat(obj: dict[str, Any], c: _Checker) -> Example | None:
         c.add("empty_field", '"messages" is empty; add at least a user and an assistant message')
         return None
     messages = [_parse_message(m, f"messages[{i}]", c) for i, m in enumerate(raw)]
+    tool_keys = [key for key in TOOL_KEYS if key in obj]
+    if tool_keys:
+        c.add("ignored_field", f"{', '.join(json.dumps(k) for k in tool_keys)} ignored: tool "
+              "definitions are not rendered into the training text; remove them, or describe "
+              "the tools in a system message", "warning")
     roles = [m["role"] for m in raw if isinstance(m, dict) and "role" in m]
     if "assistant" not in roles:
         c.add("no_assistant", "the conversation has no assistant message; add the reply the "
@@ -259,16 +310,41 @@ def _whole_file_json(lines: list[Line], path: str) -> Issue | None:
                  "line (JSON Lines), e.g. with: jq -c '.[]' FILE > FILE.jsonl")
 
 
+def _loads(text: str) -> tuple[Any, list[str]]:
+    """Decode one JSON value; also returns the keys that appear twice in one object."""
+    duplicates: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj and key not in duplicates:
+                duplicates.append(key)
+            obj[key] = value
+        return obj
+
+    return json.loads(text, object_pairs_hook=pairs), duplicates
+
+
+def _duplicate_issues(keys: list[str], path: str, line: int) -> list[Issue]:
+    return [Issue(path, line, "duplicate_key", f'key "{key}" appears twice in one object; JSON '
+                  "keeps only the last value, so the other is silently lost: keep one of them")
+            for key in keys]
+
+
 def _parse_json_line(line: Line, path: str) -> Record:
     try:
-        obj = json.loads(line.text)
+        obj, duplicates = _loads(line.text)
     except json.JSONDecodeError as exc:
         msg = f"{exc.msg} at column {exc.colno}; each line must be one complete JSON object"
         return Record(line.number, None, None, [Issue(path, line.number, "invalid_json", msg)])
     except RecursionError:
         msg = "nested too deeply to parse; each line must be one JSON object"
         return Record(line.number, None, None, [Issue(path, line.number, "invalid_json", msg)])
-    return parse_record(obj, path, line.number)
+    record = parse_record(obj, path, line.number)
+    if duplicates:
+        record.issues = _duplicate_issues(duplicates, path, line.number) + record.issues
+        record.example = None
+    return record
 
 
 def jsonl_records(read: ReadResult, path: str) -> tuple[list[Record], list[Issue]]:
@@ -291,19 +367,43 @@ def _parses(text: str) -> bool:
 
 
 def _csv_format(header: list[str], path: str, line: int) -> tuple[Format | None, list[Issue]]:
-    names = {name.strip().lower() for name in header}
+    names = [name.strip().lower() for name in header]
+    repeated = {name: names.count(name) for name in names if name and names.count(name) > 1}
+    if repeated:
+        listing = ", ".join(f'"{n}" ' + ("twice" if k == 2 else f"{k} times") for n, k in repeated.items())
+        return None, [Issue(path, line, "csv_columns", f"the header names {listing}; a row can "
+                            "keep only one value per column name: rename or drop the duplicate")]
     for fmt, columns in CSV_COLUMNS.items():
-        if names.issuperset(columns):
-            return fmt, []
+        if set(names).issuperset(columns):
+            return fmt, _ignored_columns(names, fmt, path, line)
     found = ",".join(header) or "(none)"
     return None, [Issue(path, line, "csv_columns", f"the header is {found!r}; a CSV needs a "
                         "header row naming the columns prompt,completion or text")]
 
 
+def _ignored_columns(names: list[str], fmt: Format, path: str, line: int) -> list[Issue]:
+    ignored = [n for n in names if n and n not in CSV_COLUMNS[fmt]]
+    if not ignored:
+        return []
+    listing = ", ".join(json.dumps(n) for n in ignored)
+    return [Issue(path, line, "ignored_field", f"column(s) {listing} ignored: a {fmt} CSV reads "
+                  f"only {','.join(CSV_COLUMNS[fmt])}; drop the column(s) to silence this warning",
+                  "warning")]
+
+
+def _csv_error(exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return (f"a field is longer than {MAX_LINE_BYTES // 2**20} MiB, the limit per example; "
+                "shorten it or split the document into several rows")
+    return (f"{exc}; quote fields that contain commas, quotes or newlines "
+            '("a ""quoted"" word")')
+
+
 def csv_records(read: ReadResult, path: str) -> tuple[list[Record], list[Issue]]:
     """Records of a CSV file: the header names the format; each row cites its first line."""
-    # Whole documents in a `text` column easily pass csv's default 128 KiB field limit.
-    csv.field_size_limit(2**31 - 1)
+    # Whole documents in a `text` column easily pass csv's default 128 KiB field limit; a
+    # field may be as long as a line may be (the same per-example bound).
+    csv.field_size_limit(MAX_LINE_BYTES)
     bad = {line.number for line in read.lines if not line.valid}
     reader = csv.reader((line.text + "\n" for line in read.lines), strict=True)
     header: list[str] | None = None
@@ -317,8 +417,7 @@ def csv_records(read: ReadResult, path: str) -> tuple[list[Record], list[Issue]]
         except StopIteration:
             break
         except csv.Error as exc:
-            issues.append(Issue(path, start, "invalid_csv", f"{exc}; quote fields that contain "
-                                'commas, quotes or newlines ("a ""quoted"" word")'))
+            issues.append(Issue(path, start, "invalid_csv", _csv_error(exc)))
             continue
         if not row or bad.intersection(range(start, reader.line_num + 1)):
             continue  # blank row, or a row whose bytes were already reported as invalid UTF-8

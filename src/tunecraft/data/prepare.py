@@ -1,8 +1,11 @@
-"""Turn the configured data files into tokenized train/validation sets (cached, split, recorded)."""
+"""Turn the configured data files into tokenized train/validation sets (cached, split, recorded).
+
+`digests` holds each file's SHA-256: the run records it, and a resume on changed data is refused.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ class PreparedData:
     train_examples: list[Example]
     val_examples: list[Example]
     split: dict[str, Any]  # how val was obtained (file, or seeded split with line numbers)
+    digests: dict[str, str] = field(default_factory=dict)  # "train" / "val" -> file SHA-256
 
 
 def read_examples(path: Path) -> list[Example]:
@@ -35,11 +39,15 @@ def tokenize_file(
     max_length: int | None,
     mode: TemplateMode,
     system_prompt: str | None,
+    digest: str | None = None,
 ) -> list[TokenizedExample]:
-    """Tokenize every example of `path`, reusing the on-disk cache when nothing changed."""
+    """Tokenize every example of `path`, reusing the on-disk cache when nothing changed.
+
+    `digest`: the file's SHA-256 when the caller already has it.
+    """
     key = cache.cache_key(
         {
-            "file": cache.file_digest(path),
+            "file": digest or cache.file_digest(path),
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "mode": mode,
             "system": system_prompt,
@@ -68,11 +76,16 @@ def prepare(
 ) -> PreparedData:
     """Tokenize train (and val, or a seeded split of train)."""
     train_ex = train_examples if train_examples is not None else read_examples(train_path)
-    train_tok = tokenize_file(train_path, train_ex, tokenizer, max_length, mode, system_prompt)
+    digests = {"train": cache.file_digest(train_path)}
+    train_tok = tokenize_file(train_path, train_ex, tokenizer, max_length, mode, system_prompt,
+                              digests["train"])
     if val_path is not None:
         val_ex = val_examples if val_examples is not None else read_examples(val_path)
-        val_tok = tokenize_file(val_path, val_ex, tokenizer, max_length, mode, system_prompt)
-        return PreparedData(train_tok, val_tok, train_ex, val_ex, {"kind": "file", "val": str(val_path)})
+        digests["val"] = cache.file_digest(val_path)
+        val_tok = tokenize_file(val_path, val_ex, tokenizer, max_length, mode, system_prompt,
+                                digests["val"])
+        split_file = {"kind": "file", "val": str(val_path)}
+        return PreparedData(train_tok, val_tok, train_ex, val_ex, split_file, digests)
     train_idx, val_idx = split_indices([e.key_text() for e in train_ex], val_fraction, seed)
     split = {
         "kind": "split",
@@ -88,6 +101,7 @@ def prepare(
         [train_ex[i] for i in train_idx],
         [train_ex[i] for i in val_idx],
         split,
+        digests,
     )
 
 

@@ -3,6 +3,10 @@
 Every format is written into a temporary directory next to `--out`, verified against the run
 (`tunecraft.export.verify`), and only then renamed into place, so `--out` never holds a
 half-written or unverified artifact.
+
+A model's own Python code runs only when the caller passes `trust_remote_code=True` (the
+command's `--trust-remote-code` flag); the run directory's config never switches it on, and
+adapters load from safetensors only (`tunecraft.models.load`).
 """
 
 from __future__ import annotations
@@ -114,61 +118,66 @@ def write_adapter(info: RunInfo, ref: LoadedModel, tmp: Path) -> None:
     _generation_config(ref, info).save_pretrained(str(tmp))
 
 
-def _float_model(info: RunInfo, dtype: torch.dtype) -> Any:
+def _float_model(info: RunInfo, dtype: torch.dtype, trust_remote_code: bool) -> Any:
     """The run's model as one plain HF model: LoRA merged into float (never quantized) weights."""
-    from peft import PeftModel
-
-    from tunecraft.models.load import load_model
+    from tunecraft.models.load import load_model, load_peft
 
     if info.method == "full":
-        return load_model(info.model_dir, dtype=torch.float32, trust_remote_code=info.trust_remote_code).to(dtype)
-    base = load_model(resolve_base(info), dtype=torch.float32, trust_remote_code=info.trust_remote_code)
+        return load_model(info.model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code).to(dtype)
+    base = load_model(resolve_base(info), dtype=torch.float32, trust_remote_code=trust_remote_code)
     if getattr(base.config, "quantization_config", None):
         raise ExportError("the base model is quantized; merging into quantized weights loses the adapter's precision")
     # Merge in fp32, then cast once: merging in half precision would round twice.
-    merged = PeftModel.from_pretrained(base, str(info.model_dir)).merge_and_unload()
+    merged = load_peft(base, info.model_dir).merge_and_unload()
     return merged.to(dtype)
 
 
-def write_merged(info: RunInfo, ref: LoadedModel, tmp: Path, dtype_name: str) -> None:
-    model = _float_model(info, DTYPES[dtype_name])
+def write_merged(info: RunInfo, ref: LoadedModel, tmp: Path, dtype_name: str, trust_remote_code: bool = False) -> None:
+    model = _float_model(info, DTYPES[dtype_name], trust_remote_code)
     model.generation_config = _generation_config(ref, info)
     model.save_pretrained(str(tmp), safe_serialization=True)
     ref.tokenizer.save_pretrained(str(tmp))
 
 
-def write_gguf_file(info: RunInfo, ref: LoadedModel, tmp: Path, gguf_type: GgufType) -> None:
+def write_gguf_file(info: RunInfo, ref: LoadedModel, tmp: Path, gguf_type: GgufType, trust_remote_code: bool = False) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
-    model = _float_model(info, torch.float32)
+    model = _float_model(info, torch.float32, trust_remote_code)
     write_gguf(model, ref.tokenizer, tmp / GGUF_FILE, gguf_type, info.run_dir.name, ref.eos_token_ids[0])
 
 
 # ----------------------------------------------------------------------------- verification
 
 
-def verify_export(run_dir: Path | str, artifact: Path | str, fmt: str, tolerance_key: str | None = None) -> list[str]:
+def verify_export(
+    run_dir: Path | str,
+    artifact: Path | str,
+    fmt: str,
+    tolerance_key: str | None = None,
+    trust_remote_code: bool = False,
+) -> list[str]:
     """Check an exported directory against its run; returns what was checked, raises on a mismatch."""
     info = read_run(run_dir)
-    ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32)
-    return _verify(info, ref, Path(artifact), fmt, tolerance_key)
+    ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32, trust_remote_code=trust_remote_code)
+    return _verify(info, ref, Path(artifact), fmt, tolerance_key, trust_remote_code)
 
 
-def _verify(info: RunInfo, ref: LoadedModel, artifact: Path, fmt: str, tolerance_key: str | None) -> list[str]:
-    from tunecraft.models.load import load_model, load_tokenizer
+def _verify(
+    info: RunInfo, ref: LoadedModel, artifact: Path, fmt: str, tolerance_key: str | None, trust_remote_code: bool = False
+) -> list[str]:
+    from tunecraft.models.load import load_model, load_peft, load_tokenizer
 
     where = f"export check ({fmt})"
     if fmt == "gguf":
         return _verify_gguf(ref, artifact, tolerance_key or "gguf-f16", where)
-    tokenizer = load_tokenizer(artifact)
+    tokenizer = load_tokenizer(artifact, trust_remote_code=trust_remote_code)
     samples = check_rendering(ref, tokenizer, where)
     check_end_of_turn(ref, generation_config_eos(artifact), where)
     if fmt == "adapter":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_model(resolve_base(info)), str(artifact)).eval()
+        base = load_model(resolve_base(info), trust_remote_code=trust_remote_code)
+        model = load_peft(base, artifact).eval()
         key = "adapter"
     else:
-        model = load_model(artifact, dtype=torch.float32).eval()
+        model = load_model(artifact, dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
         key = tolerance_key or "float32"
     worst = compare_logits(ref, lambda x: model(input_ids=x).logits, samples, TOLERANCES[key], where)
     return _checks(len(samples), ref, worst, key)
@@ -210,32 +219,39 @@ def export_run(
     gguf_type: str = "f16",
     overwrite: bool = False,
     on_status: Status | None = None,
+    trust_remote_code: bool = False,
 ) -> ExportResult:
-    """Export, verify, then move into `out`. Raises a TunecraftError (and leaves `out` alone) on failure."""
+    """Export, verify, then move into `out`. Raises a TunecraftError (and leaves `out` alone) on failure.
+
+    `trust_remote_code` is the caller's explicit choice (the `--trust-remote-code` flag) and the
+    only thing that lets a model's own code run; the run directory's config never does.
+    """
     _validate(fmt, dtype, gguf_type)
     out = Path(out).expanduser().resolve()
     _check_out(out, overwrite)
     status = on_status or (lambda _msg: None)
     info = read_run(run_dir)
-    ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32)
+    ref = load_target(str(info.run_dir), device="cpu", dtype=torch.float32, trust_remote_code=trust_remote_code)
     # Written and verified in a temp dir beside `out`, which it replaces only if every check passed.
     with atomic_dir(out) as tmp:
         status(f"writing {fmt} export of {info.run_dir.name}")
-        key = _write(fmt, info, ref, tmp, dtype or "float32", gguf_type)
+        key = _write(fmt, info, ref, tmp, dtype or "float32", gguf_type, trust_remote_code)
         status("verifying the export against the run")
-        checks = _verify(info, ref, tmp, fmt, key)
+        checks = _verify(info, ref, tmp, fmt, key, trust_remote_code)
     return ExportResult(out, fmt if fmt != "gguf" else f"gguf ({gguf_type})", checks)
 
 
-def _write(fmt: str, info: RunInfo, ref: LoadedModel, tmp: Path, dtype: str, gguf_type: str) -> str | None:
+def _write(
+    fmt: str, info: RunInfo, ref: LoadedModel, tmp: Path, dtype: str, gguf_type: str, trust_remote_code: bool
+) -> str | None:
     """Write the artifact into `tmp`; returns the tolerance key its verification uses."""
     if fmt == "adapter":
         write_adapter(info, ref, tmp)
         return "adapter"
     if fmt == "merged":
-        write_merged(info, ref, tmp, dtype)
+        write_merged(info, ref, tmp, dtype, trust_remote_code)
         return dtype
-    write_gguf_file(info, ref, tmp, gguf_type)  # type: ignore[arg-type]
+    write_gguf_file(info, ref, tmp, gguf_type, trust_remote_code)  # type: ignore[arg-type]
     return f"gguf-{gguf_type}"
 
 

@@ -1,32 +1,39 @@
 """The OpenAI-compatible HTTP API: `/v1/models`, `/v1/chat/completions`, `/v1/completions`, `/health`.
 
-Request handlers only translate between HTTP and the engine: they build prompt ids, check the
-token budget, and hand a `Job` to the `Scheduler`, whose worker thread feeds the job's events
-back through an asyncio queue. Guards run as plain ASGI middleware around the app: a bearer key
-(every route but /health) and a request-body limit (413), so neither depends on a route's code.
+Request handlers only translate between HTTP and the engine: they check the request against the
+server's limits, build prompt ids, check the token budget, and hand `Job`s to the `Scheduler`,
+whose worker thread feeds each job's events back through an asyncio queue. Anything slow that is
+not generation (rendering and tokenizing a prompt of up to the body limit, the echo + logprobs
+offsets) runs in a thread pool, so the event loop keeps answering /health and other requests.
+Guards (host names, API key, body size) are ASGI middleware in `serve.guards`. Every error is an
+OpenAI error object; an unexpected one says nothing of the server's internals (they go to its log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunecraft.errors import TunecraftError
 from tunecraft.serve.engine import LoadedModel, PromptLogprobs, SamplingParams, TokenEvent, token_strings_and_offsets
+from tunecraft.serve.guards import APIKeyMiddleware, BodyLimitMiddleware, LoopbackHostMiddleware
 from tunecraft.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
-from tunecraft.serve.scheduler import Job, QueueFullError, Scheduler
+from tunecraft.serve.scheduler import Job, QueueFullError, Scheduler, WorkerDeadError
+
+log = logging.getLogger("tunecraft.serve")
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,10 @@ class ServeSettings:
     max_queue: int = 64  # waiting requests before answering 429
     max_batch: int = 8  # requests decoded together
     default_max_tokens: int = 512  # when a chat request gives no max_tokens
+    max_tokens_limit: int = 4096  # the most any request may ask for (a 400 beyond, never a silent cut)
+    max_prompts: int = 32  # prompts in one completions request (each is one queued job)
+    max_stop: int = 4  # stop strings per request (OpenAI's limit)
+    max_stop_chars: int = 256  # characters per stop string (each is matched at every token)
     disconnect_poll_s: float = 0.5  # how often a non-streaming request checks its client
 
 
@@ -46,72 +57,11 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status)
-
-
-# ----------------------------------------------------------------------------- ASGI guards
-
-
-async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
-    raw = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *headers],
-    })
-    await send({"type": "http.response.body", "body": raw})
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """Answer 413 for bodies over `max_bytes`, by Content-Length or while the body streams in."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    def _too_large(self) -> dict[str, Any]:
-        return error_body(f"request body exceeds {self.max_bytes} bytes", "invalid_request_error", code="request_too_large")
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_json(send, 413, self._too_large())
-        seen = 0
-
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _send_json(send, 413, self._too_large())
-
-
-class APIKeyMiddleware:
-    """Every route but /health needs `Authorization: Bearer KEY` (compared in constant time)."""
-
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/health":
-            return await self.app(scope, receive, send)
-        given = dict(scope.get("headers", [])).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
-            body = error_body("missing or wrong API key (send Authorization: Bearer KEY)", "authentication_error", code="invalid_api_key")
-            return await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
-        await self.app(scope, receive, send)
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 # ----------------------------------------------------------------------------- job plumbing
@@ -127,6 +77,14 @@ class _Channel:
     def emit(self, item: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone when the server shut down mid-job
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+async def _ensure_loaded(request: Request, name: str) -> None:
+    """A tuned model of the fine-tuning service (or one of its checkpoints) loads on first use,
+    off the event loop; anything else must already be served."""
+    extension: Extension | None = request.app.state.extension
+    if extension is not None and name not in request.app.state.models:
+        await run_in_threadpool(extension.resolve, name)
 
 
 def _lookup(models: dict[str, LoadedModel], name: str) -> LoadedModel:
@@ -153,11 +111,35 @@ def _budget(lm: LoadedModel, n_prompt: int, requested: int | None, default: int,
     return requested
 
 
-def _submit(scheduler: Scheduler, job: Job) -> None:
+def _submit(scheduler: Scheduler, jobs: list[Job]) -> None:
+    """Queue a request's jobs all together (a 429 leaves none of them queued)."""
     try:
-        scheduler.submit(job)
+        scheduler.submit_all(jobs)
     except QueueFullError as exc:
         raise APIError(429, str(exc), "server_overloaded", code="queue_full") from None
+    except WorkerDeadError as exc:
+        raise APIError(503, str(exc), "server_error", code="worker_unavailable") from None
+
+
+def _check_stop(stop: tuple[str, ...], settings: ServeSettings) -> None:
+    if len(stop) > settings.max_stop:
+        raise APIError(400, f"stop: at most {settings.max_stop} stop strings are allowed (got {len(stop)})", param="stop")
+    longest = max((len(s) for s in stop), default=0)
+    if longest > settings.max_stop_chars:
+        raise APIError(
+            400, f"stop: each stop string may have at most {settings.max_stop_chars} characters (got {longest})", param="stop"
+        )
+
+
+def _check_max_tokens(lm: LoadedModel, requested: int | None, settings: ServeSettings, param: str) -> None:
+    """The server's own cap, checked before any tokenizing (the context check follows it)."""
+    if requested is not None and requested > settings.max_tokens_limit:
+        raise APIError(
+            400,
+            f"{param}={requested} is too large: this server allows at most {settings.max_tokens_limit}, and this "
+            f"model's context length is {lm.context_length} tokens (prompt included); ask for fewer",
+            param=param,
+        )
 
 
 async def _next(channel: _Channel, request: Request | None, job: Job, poll_s: float) -> Any:
@@ -211,9 +193,15 @@ def _sse(payload: dict[str, Any]) -> str:
 
 
 def _engine_error(exc: Exception) -> APIError:
+    """The answer for a job's failure: the user's own mistakes say what to fix, the rest says nothing internal."""
+    if isinstance(exc, APIError):
+        return exc
     if isinstance(exc, TunecraftError):
         return APIError(400, str(exc))
-    return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+    if isinstance(exc, WorkerDeadError):
+        return APIError(503, str(exc), "server_error", code="worker_unavailable")
+    log.error("generation failed", exc_info=exc)
+    return APIError(500, "generation failed on the server; its log has the details", "server_error", code="internal_error")
 
 
 # ----------------------------------------------------------------------------- chat
@@ -226,7 +214,8 @@ def _chat_job(models: dict[str, LoadedModel], body: ChatCompletionRequest, setti
         ids = lm.chat_prompt(messages)
     except TunecraftError as exc:
         raise APIError(400, str(exc), param="messages") from None
-    max_tokens = _budget(lm, len(ids), body.requested_max_tokens(), settings.default_max_tokens, "messages")
+    default = min(settings.default_max_tokens, settings.max_tokens_limit)
+    max_tokens = _budget(lm, len(ids), body.requested_max_tokens(), default, "messages")
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stop_list(), body.ignore_eos)
     return Job(lm, ids, params, channel.emit)
 
@@ -248,7 +237,7 @@ async def _chat_stream(channel: _Channel, job: Job, model: str, include_usage: b
         yield _sse(_chat_chunk(cid, created, model, {"role": "assistant", "content": ""}, None, include_usage))
         while (item := await channel.queue.get()) is not None:
             if isinstance(item, Exception):
-                yield _sse(error_body(str(_engine_error(item).message), "server_error"))
+                yield _sse(_engine_error(item).body())
                 return
             for ev in item:
                 n_out += ev.token_id is not None
@@ -265,9 +254,15 @@ async def _chat_stream(channel: _Channel, job: Job, model: str, include_usage: b
 
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
     state = request.app.state
+    await _ensure_loaded(request, body.model)
+    settings: ServeSettings = state.settings
+    _check_stop(body.stop_list(), settings)
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    _check_max_tokens(_lookup(state.models, body.model), body.requested_max_tokens(), settings, param)
     channel = _Channel()
-    job = _chat_job(state.models, body, state.settings, channel)
-    _submit(state.scheduler, job)
+    # Rendering and tokenizing up to max_body_bytes of text takes a while: not on the event loop.
+    job = await run_in_threadpool(_chat_job, state.models, body, settings, channel)
+    _submit(state.scheduler, [job])
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_chat_stream(channel, job, body.model, include_usage), media_type="text/event-stream")
@@ -288,12 +283,24 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
 # ----------------------------------------------------------------------------- completions
 
 
-def _completion_prompts(lm: LoadedModel, prompt: Any) -> list[tuple[list[int], str | None]]:
-    """(ids, original text or None) per prompt; token-id prompts are checked against the vocab."""
+def _prompt_list(prompt: Any) -> list[Any]:
+    """The request's prompts as a list: each a text or a list of token ids (cheap, no tokenizing)."""
     if isinstance(prompt, str):
-        prompt = [prompt]
+        return [prompt]
     if prompt and all(isinstance(t, int) for t in prompt):
-        prompt = [prompt]
+        return [prompt]
+    return list(prompt)
+
+
+def _check_prompt_count(prompts: list[Any], settings: ServeSettings) -> None:
+    # More prompts than the queue holds could never be served at once: a 400, not a 429 to retry.
+    cap = min(settings.max_prompts, settings.max_queue)
+    if len(prompts) > cap:
+        raise APIError(400, f"prompt: at most {cap} prompts per request (got {len(prompts)}); split the request", param="prompt")
+
+
+def _completion_prompts(lm: LoadedModel, prompt: list[Any]) -> list[tuple[list[int], str | None]]:
+    """(ids, original text or None) per prompt; token-id prompts are checked against the vocab."""
     out: list[tuple[list[int], str | None]] = []
     vocab = len(lm.tokenizer)
     for p in prompt:
@@ -337,10 +344,16 @@ def _completion_choice(lm: LoadedModel, index: int, ids: list[int], text: str | 
 
 async def completions(request: Request, body: CompletionRequest) -> Any:
     state = request.app.state
+    await _ensure_loaded(request, body.model)
+    settings: ServeSettings = state.settings
     lm = _lookup(state.models, body.model)
-    prompts = _completion_prompts(lm, body.prompt)
-    if body.stream and (len(prompts) > 1 or body.logprobs is not None):
+    raw_prompts = _prompt_list(body.prompt)
+    _check_prompt_count(raw_prompts, settings)
+    _check_stop(body.stop_list(), settings)
+    _check_max_tokens(lm, body.max_tokens, settings, "max_tokens")
+    if body.stream and (len(raw_prompts) > 1 or body.logprobs is not None):
         raise APIError(400, "streaming completions serve one prompt without logprobs", param="stream")
+    prompts = await run_in_threadpool(_completion_prompts, lm, raw_prompts)
     jobs: list[tuple[Job, _Channel, str | None]] = []
     for ids, text in prompts:
         max_tokens = _budget(lm, len(ids), body.max_tokens, body.max_tokens, "prompt")
@@ -348,8 +361,7 @@ async def completions(request: Request, body: CompletionRequest) -> Any:
         channel = _Channel()
         job = Job(lm, ids, params, channel.emit, score=body.echo and body.logprobs is not None)
         jobs.append((job, channel, text))
-    for job, _, _ in jobs:
-        _submit(state.scheduler, job)
+    _submit(state.scheduler, [job for job, _, _ in jobs])
     if body.stream:
         job, channel, text = jobs[0]
         return StreamingResponse(_completion_stream(channel, job, body, text, lm), media_type="text/event-stream")
@@ -362,9 +374,8 @@ async def _completion_response(request: Request, lm: LoadedModel, body: Completi
         for index, (job, channel, text) in enumerate(jobs):
             out = await _collect(channel, request, job, request.app.state.settings.disconnect_poll_s)
             n_out += len(out.token_ids or [])
-            choices.append(_completion_choice(lm, index, job.prompt, text, out, body))
-    except APIError:
-        raise
+            # echo + logprobs may decode every prefix of the prompt (the offsets fallback): off the loop
+            choices.append(await run_in_threadpool(_completion_choice, lm, index, job.prompt, text, out, body))
     except Exception as exc:
         raise _engine_error(exc) from None
     finally:
@@ -387,10 +398,10 @@ async def _completion_stream(channel: _Channel, job: Job, body: CompletionReques
 
     try:
         if body.echo:
-            yield chunk(text if text is not None else lm.tokenizer.decode(job.prompt), None)
+            yield chunk(text if text is not None else await run_in_threadpool(lm.tokenizer.decode, job.prompt), None)
         while (item := await channel.queue.get()) is not None:
             if isinstance(item, Exception):
-                yield _sse(error_body(_engine_error(item).message, "server_error"))
+                yield _sse(_engine_error(item).body())
                 return
             for ev in item:
                 n_out += ev.token_id is not None
@@ -410,15 +421,23 @@ async def _completion_stream(channel: _Channel, job: Job, body: CompletionReques
 
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.created
+    models = dict(request.app.state.models)  # a job may hot-load one meanwhile
     data = [{"id": name, "object": "model", "created": created, "owned_by": "tunecraft", "max_model_len": lm.context_length}
-            for name, lm in request.app.state.models.items()]
+            for name, lm in models.items()]
+    extension: Extension | None = request.app.state.extension
+    if extension is not None:  # tuned models not loaded yet (after a restart) load on first use
+        data += [{"id": name, "object": "model", "created": created, "owned_by": "tunecraft", "max_model_len": None}
+                 for name in await run_in_threadpool(extension.listed) if name not in models]
     return {"object": "list", "data": data}
 
 
-async def health(request: Request) -> dict[str, Any]:
-    s = request.app.state.scheduler.stats()
-    return {"status": "ok", "models": list(request.app.state.models), "queued": s.queued, "running": s.running,
-            "completed": s.completed, "cancelled": s.cancelled, "failed": s.failed}
+async def health(request: Request) -> JSONResponse:
+    """Counters, and whether the generation worker runs: 503 when it does not (nothing would be served)."""
+    scheduler: Scheduler = request.app.state.scheduler
+    s, alive = scheduler.stats(), scheduler.alive()
+    body = {"status": "ok" if alive else "unavailable", "worker_alive": alive, "models": list(request.app.state.models),
+            "queued": s.queued, "running": s.running, "completed": s.completed, "cancelled": s.cancelled, "failed": s.failed}
+    return JSONResponse(body, status_code=200 if alive else 503)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -428,8 +447,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        first = _most_specific(exc.errors())
+        param = _param(first.get("loc", ()))
         return APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
@@ -437,15 +456,59 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), kind).response()
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette calls this outermost, for anything no other handler took; uvicorn logs the traceback.
+        log.error("request failed", exc_info=exc)
+        return APIError(500, "the server failed to answer this request; its log has the details", "server_error", code="internal_error").response()
 
-def create_app(models: dict[str, LoadedModel], settings: ServeSettings = ServeSettings()) -> FastAPI:
-    """The ASGI app serving `models` (id -> loaded model); starts its worker on startup."""
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param(loc: Any) -> str | None:
+    """The request field a validation error is about: `messages.0.content` (pydantic's union tags dropped)."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+    return ".".join(parts) or None
+
+
+def _most_specific(errors: Any) -> dict[str, Any]:
+    """The error to report: a failed check of a value (a lone surrogate, say) over the "not a string"
+    of another branch of a union; else the one deepest into the request."""
+    if not errors:
+        return {"loc": (), "msg": "invalid request"}
+    return min(errors, key=lambda e: (e.get("type") != "value_error", -len((_param(e.get("loc", ())) or "").split("."))))
+
+
+class Extension(Protocol):
+    """Routes mounted beside the API with their own lifetime and models: the fine-tuning service
+    (`tunecraft.service.api.Service`) is one; serve knows it only through this."""
+
+    upload_limits: dict[str, int]  # path -> body limit in bytes, for routes that take files
+
+    def router(self) -> APIRouter: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def resolve(self, name: str) -> LoadedModel | None: ...  # load a model it knows on first use
+    def listed(self) -> list[str]: ...  # the models it can serve
+
+
+def create_app(models: dict[str, LoadedModel], settings: ServeSettings = ServeSettings(),
+               extension: Extension | None = None) -> FastAPI:
+    """The ASGI app serving `models` (id -> loaded model); starts its worker on startup.
+
+    An `extension` adds routes (OpenAI's files and fine-tuning jobs) whose models join `models`.
+    """
     scheduler = Scheduler(settings.max_queue, settings.max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
+        if extension is not None:
+            extension.start()
         yield
+        if extension is not None:
+            await run_in_threadpool(extension.stop)
         scheduler.stop()
 
     app = FastAPI(title="tunecraft", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -455,9 +518,15 @@ def create_app(models: dict[str, LoadedModel], settings: ServeSettings = ServeSe
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.state.extension = extension
+    if extension is not None:
+        app.include_router(extension.router())
     _install_error_handlers(app)
-    # Added last = runs first: the key check comes before reading any body.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last = runs first: the host and key checks come before reading any body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       large=extension.upload_limits if extension is not None else None)
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    else:  # keyless means loopback only (serve.check_bind): answer only loopback host names
+        app.add_middleware(LoopbackHostMiddleware)
     return app

@@ -51,6 +51,7 @@ def chat_loop(
         history.append({"role": "assistant", "content": answer})
 
 
-def run_chat(target: str, max_tokens: int, temperature: float, system: str | None) -> None:
-    lm = load_target(target)
+def run_chat(target: str, max_tokens: int, temperature: float, system: str | None, trust_remote_code: bool = False) -> None:
+    """`tunecraft chat`: a model's own code runs only when this command's flag says so."""
+    lm = load_target(target, trust_remote_code=trust_remote_code)
     chat_loop(lm, SamplingParams(max_tokens=max_tokens, temperature=temperature), system=system)

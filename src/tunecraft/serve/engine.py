@@ -28,7 +28,10 @@ from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import context_length, inference_dtype, pick_device
 from tunecraft.rundir import is_run_dir, read_run, resolve_base
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+# torch.Generator.manual_seed accepts exactly this range; anything else raises inside the batch.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class GenerationError(TunecraftError):
@@ -149,6 +152,8 @@ def load_target(
 
     Pass the same `cache` for several targets to share base weights between LoRA runs.
     The model id defaults to the run directory's name or the model argument itself.
+    `trust_remote_code` comes from the caller's own flag only: the run directory's config may
+    have been written by anyone, so it never enables a model's code (models.load refuses it).
     """
     from tunecraft.models.load import load_tokenizer
 
@@ -159,16 +164,15 @@ def load_target(
     if path.is_dir() and is_run_dir(path):
         info = read_run(path)
         model_id = name or info.run_dir.name
-        trust = trust_remote_code or info.trust_remote_code
-        tokenizer = load_tokenizer(info.model_dir, trust_remote_code=trust)
+        tokenizer = load_tokenizer(info.model_dir, trust_remote_code=trust_remote_code)
         if info.method == "lora":
             base_dir = resolve_base(info)
-            shared = cache.get(base_dir, dt, dev, trust)
+            shared = cache.get(base_dir, dt, dev, trust_remote_code)
             _attach_adapter(shared, info.model_dir, model_id)
             adapter: str | None = model_id
             eos_dirs, model_dir = [info.model_dir, base_dir], base_dir
         else:
-            shared = cache.get(info.model_dir, dt, dev, trust)
+            shared = cache.get(info.model_dir, dt, dev, trust_remote_code)
             adapter, eos_dirs, model_dir = None, [info.model_dir], info.model_dir
         template, system_prompt = info.template, info.system_prompt
     else:
@@ -197,15 +201,16 @@ def _attach_adapter(shared: _SharedModel, adapter_dir: Path, adapter_name: str) 
     """Add a LoRA adapter to a shared base (wrapping it in a PeftModel the first time)."""
     from peft import PeftModel
 
+    from tunecraft.models.load import add_adapter, load_peft
+
     with shared.lock:
         if adapter_name in shared.adapters:
             raise GenerationError(f"two targets share the model id {adapter_name!r}; pass distinct names")
+        # Both helpers refuse an adapter without safetensors before peft could fall back to pickle.
         if isinstance(shared.module, PeftModel):
-            shared.module.load_adapter(str(adapter_dir), adapter_name=adapter_name)
+            add_adapter(shared.module, adapter_dir, adapter_name)
         else:
-            shared.module = PeftModel.from_pretrained(
-                shared.module, str(adapter_dir), adapter_name=adapter_name
-            )
+            shared.module = load_peft(shared.module, adapter_dir, adapter_name)
         shared.module.eval()
         shared.adapters.add(adapter_name)
 
@@ -244,9 +249,12 @@ def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator |
 
 
 def _generator(params: SamplingParams) -> torch.Generator | None:
+    """The row's own random stream (None when greedy); a seed torch cannot take is refused."""
     if params.greedy:
         return None
     seed = params.seed if params.seed is not None else random.getrandbits(63)
+    if not SEED_MIN <= int(seed) <= SEED_MAX:
+        raise GenerationError(f"seed={seed} is out of range: use an integer from {SEED_MIN} to {SEED_MAX}")
     return torch.Generator().manual_seed(int(seed))
 
 
@@ -325,6 +333,7 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     finish_reason: FinishReason | None = None
+    error: Exception | None = None  # with finish_reason "error": why this row (alone) failed
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,16 +367,39 @@ def generate_events(
     `params` is one SamplingParams for all rows or one per row. A row ends at an end-of-turn
     token (not included in the text), a stop string (cut before it), `max_tokens`, or when
     `cancelled(row)` turns true. Greedy rows give the same tokens as decoding them alone
-    (up to floating-point ties).
+    (up to floating-point ties). A row that cannot be served (empty, too long, a bad seed, a
+    failure while sampling it) ends alone with finish_reason "error" and its `error`; the other
+    rows of the batch go on.
     """
     rows = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
     assert len(rows) == len(prompts) and prompts
-    for p, sp in zip(prompts, rows):
-        if not p:
-            raise GenerationError("empty prompt")
-        check_budget(lm, len(p), sp.max_tokens)
+    check = cancelled or (lambda _row: False)
+    failed: list[TokenEvent] = []
+    good: list[int] = []
+    gens: list[torch.Generator | None] = []
+    for r, (p, sp) in enumerate(zip(prompts, rows)):
+        try:
+            gens.append(_row_generator(lm, p, sp))
+            good.append(r)
+        except Exception as exc:  # a row that cannot start fails alone (see docstring)
+            failed.append(TokenEvent(r, None, "", finish_reason="error", error=exc))
+    if failed:
+        yield failed
+    if not good:
+        return
     with lm.activate() as module, torch.inference_mode():
-        yield from _decode(lm, module, prompts, rows, cancelled or (lambda _row: False))
+        for events in _decode(lm, module, [prompts[r] for r in good], [rows[r] for r in good], gens, lambda i: check(good[i])):
+            for ev in events:  # back from the decoded rows' numbering to the caller's
+                ev.row = good[ev.row]
+            yield events
+
+
+def _row_generator(lm: LoadedModel, prompt: Sequence[int], sp: SamplingParams) -> torch.Generator | None:
+    """Check that a row can be decoded at all; returns its random stream."""
+    if not prompt:
+        raise GenerationError("empty prompt")
+    check_budget(lm, len(prompt), sp.max_tokens)
+    return _generator(sp)
 
 
 def _decode(
@@ -375,13 +407,13 @@ def _decode(
     module: Any,
     prompts: Sequence[Sequence[int]],
     rows: list[SamplingParams],
+    gens: list[torch.Generator | None],
     cancelled: Callable[[int], bool],
 ) -> Iterator[list[TokenEvent]]:
     from transformers import DynamicCache
 
     n = len(prompts)
     trackers = [TextTracker(lm.tokenizer, sp.stop) for sp in rows]
-    gens = [_generator(sp) for sp in rows]
     done = [sp.max_tokens <= 0 for sp in rows]
     counts = [0] * n
     eos = set(lm.eos_token_ids)
@@ -404,8 +436,13 @@ def _decode(
                 events.append(TokenEvent(r, None, "", finish_reason="cancelled"))
                 continue
             sp = rows[r]
-            tok = _sample(logits[r], sp, gens[r])
-            event = _step_row(lm, trackers[r], tok, sp, logp[r] if logp is not None else None, r, eos)
+            try:
+                tok = _sample(logits[r], sp, gens[r])
+                event = _step_row(lm, trackers[r], tok, sp, logp[r] if logp is not None else None, r, eos)
+            except Exception as exc:  # this row's sampling or detokenizing failed: end it alone
+                done[r] = True
+                events.append(TokenEvent(r, None, "", finish_reason="error", error=exc))
+                continue
             counts[r] += event.token_id is not None
             if event.finish_reason is None and counts[r] >= sp.max_tokens:
                 event.text += trackers[r].flush()
@@ -479,6 +516,8 @@ def _run_batch(lm: LoadedModel, prompts: Sequence[Sequence[int]], rows: list[Sam
     done = [Completion("", [], "length", len(p), 0) for p in prompts]
     for events in generate_events(lm, prompts, rows):
         for ev in events:
+            if ev.error is not None:  # batch callers (eval) get the row's error as before
+                raise ev.error
             c = done[ev.row]
             c.text += ev.text
             if ev.token_id is not None:
@@ -507,6 +546,8 @@ def stream(
     check = (lambda _row: cancel.is_set()) if cancel is not None else None
     for events in generate_events(lm, [prompt], params, check):
         for ev in events:
+            if ev.error is not None:
+                raise ev.error
             if ev.text:
                 yield ev.text
 

@@ -2,13 +2,35 @@
 
 Unknown fields are ignored rather than refused: clients send many optional OpenAI fields
 (`user`, `presence_penalty`, ...) that do not change what a small local model can do.
+
+Every value the engine would choke on is refused here, as a 400 naming the field: seeds torch
+cannot take, and text that is not valid Unicode (JSON allows a lone surrogate such as "\\ud800";
+no tokenizer can encode it). Limits that are server settings (max_tokens, prompts per request,
+stop strings) are checked by the app, which knows them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from tunecraft.serve.engine import SEED_MAX, SEED_MIN  # what torch's generator accepts
+
+
+def _valid_unicode(text: str) -> str:
+    """Refuse lone surrogates: they survive JSON parsing but cannot be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text is not valid Unicode: a lone surrogate {text[exc.start]!r} at position {exc.start}; "
+            "send UTF-8 text (escape characters outside the BMP as surrogate pairs)"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 
 class _Body(BaseModel):
@@ -21,12 +43,12 @@ class StreamOptions(_Body):
 
 class ContentPart(_Body):
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[ContentPart] | None = ""
+    content: Text | list[ContentPart] | None = ""
 
     def text(self) -> str:
         if self.content is None:
@@ -37,20 +59,21 @@ class ChatMessage(_Body):
 
 
 class _Sampling(_Body):
-    model: str
+    model: Text
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: int = Field(1, ge=1, le=1, description="only n=1 is served")
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM extension: generate past the end-of-turn token
 
     def stop_list(self) -> tuple[str, ...]:
+        """Every stop string as sent (the app refuses too many or too long ones; none is dropped)."""
         if self.stop is None:
             return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop[:4])
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -63,7 +86,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
     max_tokens: int = Field(16, ge=0)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)

@@ -6,9 +6,11 @@ as fast as the hardware allows. Waiting generation jobs for the same model are d
 as one left-padded batch (each row keeps its own sampling params and seed), so N concurrent
 streams cost about one decode loop, not N.
 
-The queue is bounded: `submit` raises `QueueFullError` (the API answers 429) instead of letting
-requests pile up. Each job carries a `cancel` event (set when its client disconnects) that the
-decode loop checks between tokens, so an abandoned stream stops using the model at once.
+The queue is bounded: `submit_all` raises `QueueFullError` (the API answers 429) instead of letting
+requests pile up, and takes a request's prompts all together or not at all, so a refused request
+leaves nothing of itself running. Each job carries a `cancel` event (set when its client
+disconnects) that the decode loop checks between tokens, so an abandoned stream stops using the
+model at once. A job whose row fails (a bad seed, say) fails alone; its batch goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from tunecraft.serve.engine import LoadedModel, SamplingParams, TokenEvent, gene
 
 
 class QueueFullError(Exception):
-    """The queue holds `max_queue` waiting jobs already."""
+    """The queue has no room for the submitted jobs."""
+
+
+class WorkerDeadError(Exception):
+    """The generation worker is not running (stopped, or it crashed): nothing would be served."""
 
 
 @dataclass
@@ -74,14 +80,25 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
+        self.submit_all([job])
+
+    def submit_all(self, jobs: list[Job]) -> None:
+        """Queue every job or none (raises QueueFullError / WorkerDeadError and queues nothing)."""
         with self._cond:
-            if len(self._pending) >= self.max_queue:
+            # Jobs may queue before start() (they run once it starts), never after the worker ended.
+            if self._stop or (self._thread.ident is not None and not self._thread.is_alive()):
+                raise WorkerDeadError("the generation worker is not running; restart the server")
+            if len(self._pending) + len(jobs) > self.max_queue:
                 raise QueueFullError(
                     f"the server is busy: {len(self._pending)} requests are already waiting "
-                    f"(max_queue={self.max_queue}); retry shortly"
+                    f"(max_queue={self.max_queue}) and this one needs room for {len(jobs)}; retry shortly"
                 )
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._cond.notify()
+
+    def alive(self) -> bool:
+        """The worker thread is running and has not been told to stop."""
+        return self._thread.is_alive() and not self._stop
 
     def stats(self) -> SchedulerStats:
         with self._cond:
@@ -110,15 +127,26 @@ class Scheduler:
             return batch
 
     def _loop(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            live = [job for job in batch if not job.cancel.is_set()]
-            for job in batch:
-                if job.cancel.is_set():
-                    self._finish(job, None, cancelled=True)
-            if live:
-                self._run(live)
-            with self._cond:
-                self._running = 0
+        try:
+            while (batch := self._take_batch()) is not None:
+                live = [job for job in batch if not job.cancel.is_set()]
+                for job in batch:
+                    if job.cancel.is_set():
+                        self._finish(job, None, cancelled=True)
+                if live:
+                    self._run(live)
+                with self._cond:
+                    self._running = 0
+        finally:
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """The worker is leaving (stopped or crashed): answer every waiting job instead of leaving it hanging."""
+        with self._cond:
+            self._stop = True  # alive() turns false even before the thread object ends
+            left, self._pending = list(self._pending), deque()
+        for job in left:
+            self._finish(job, WorkerDeadError("the server stopped before this request ran"))
 
     def _run(self, batch: list[Job]) -> None:
         try:
@@ -127,10 +155,11 @@ class Scheduler:
                 job.emit(prompt_logprobs(job.model, job.prompt, top=max(job.params.logprobs or 0, 1)))
             to_generate = [job for job in batch if job.params.max_tokens > 0]
             cancelled: set[int] = set()
+            failed: dict[int, Exception] = {}
             if to_generate:
-                cancelled = self._generate(to_generate)
+                cancelled, failed = self._generate(to_generate)
             for i, job in enumerate(to_generate):
-                self._finish(job, None, cancelled=i in cancelled)
+                self._finish(job, failed.get(i), cancelled=i in cancelled)
             for job in batch:
                 if job.params.max_tokens <= 0:
                     self._finish(job, None)
@@ -138,10 +167,11 @@ class Scheduler:
             for job in batch:
                 self._finish(job, exc)
 
-    def _generate(self, batch: list[Job]) -> set[int]:
-        """Decode the batch, routing each row's events to its job; returns cancelled rows."""
+    def _generate(self, batch: list[Job]) -> tuple[set[int], dict[int, Exception]]:
+        """Decode the batch, routing each row's events to its job; returns cancelled and failed rows."""
         model = batch[0].model
         cancelled: set[int] = set()
+        failed: dict[int, Exception] = {}
         events_iter = generate_events(
             model,
             [job.prompt for job in batch],
@@ -151,13 +181,16 @@ class Scheduler:
         for events in events_iter:
             by_row: dict[int, list[TokenEvent]] = {}
             for ev in events:
+                if ev.error is not None:  # this row alone failed: its job gets the error at the end
+                    failed[ev.row] = ev.error
+                    continue
                 by_row.setdefault(ev.row, []).append(ev)
                 if ev.finish_reason == "cancelled":
                     cancelled.add(ev.row)
             for row, evs in by_row.items():
                 if row not in cancelled:
                     batch[row].emit(evs)
-        return cancelled
+        return cancelled, failed
 
     def _finish(self, job: Job, error: Exception | None, cancelled: bool = False) -> None:
         with self._cond:

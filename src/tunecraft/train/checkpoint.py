@@ -7,27 +7,55 @@ A checkpoint directory `checkpoints/step-000120/` holds:
 - `state.json`: step, best validation loss and step, patience, the LR schedule position,
   and python's `random` state; `COMPLETE` is written last.
 
-It is written through `durable.atomic_dir` (a temp directory, every file fsynced, then renamed):
-a crash leaves either a complete checkpoint or a temp directory that is ignored and later removed.
+It is written through `durable.atomic_dir` (a temp directory, every file fsynced, then swapped
+in whole): a crash leaves either a complete checkpoint or a temp directory that is ignored and
+removed before the next save; re-saving a step keeps the old copy until the new one is in place.
 Which checkpoints are complete is the run directory's contract (`rundir.complete_checkpoints`).
+
+Reading is separate from applying: `read_checkpoint` parses every file (a torn or corrupt one
+raises `UnreadableCheckpoint`, and resume falls back to an older checkpoint), and applying
+refuses tensors that do not fit the model (`CheckpointMismatch`) instead of broadcasting them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunecraft import rundir
-from tunecraft.durable import atomic_dir
+from tunecraft.durable import atomic_dir, recover_children, remove_dir
+from tunecraft.errors import TunecraftError
 from tunecraft.rundir import COMPLETE
+
+_JSON_ALLOWANCE = 1 << 16  # bytes for the JSON files and COMPLETE, in the size estimate
+
+
+class UnreadableCheckpoint(TunecraftError):
+    """A checkpoint whose files are torn or corrupt (resume falls back to an older one)."""
+
+
+class CheckpointMismatch(TunecraftError):
+    """A readable checkpoint whose tensors do not fit the model being resumed."""
+
+
+@dataclass
+class CheckpointFiles:
+    """Everything a checkpoint directory holds, parsed (nothing applied yet)."""
+
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    optimizer_meta: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    state: dict[str, Any]
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -39,11 +67,32 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def _refit_hint() -> str:
+    return ("the run's config.yaml or its base model changed since the checkpoint was saved: "
+            "restore them, or start a new run with another --out")
+
+
+def check_fits(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that do not match the trainable parameters name for name, shape for shape.
+
+    `copy_` would broadcast a (1, H) tensor into an (N, H) parameter without a word.
+    """
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    unknown = [n for n in tensors if n not in params]
+    wrong = [f"{n}: {tuple(t.shape)} in the checkpoint, {tuple(params[n].shape)} in the model"
+             for n, t in tensors.items() if n in params and tuple(t.shape) != tuple(params[n].shape)]
+    problems = [f"missing {', '.join(missing[:3])}" if missing else "",
+                f"not in the model {', '.join(unknown[:3])}" if unknown else "",
+                f"shape of {'; '.join(wrong[:3])}" if wrong else ""]
+    found = [p for p in problems if p]
+    if found:
+        raise CheckpointMismatch(f"the checkpoint does not fit this model ({'; '.join(found)}): "
+                                 f"{_refit_hint()}")
+
+
 def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
-    if missing:
-        raise ValueError(f"checkpoint lacks trainable parameters: {missing[:5]}")
+    check_fits(params, tensors)
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
@@ -74,8 +123,27 @@ def _optimizer_from_files(
         state.setdefault(int(idx), {})[name] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
+    _check_optimizer_fits(optimizer, state)
     sd = {"state": state, "param_groups": meta["param_groups"]}
-    optimizer.load_state_dict(adapt(sd) if adapt is not None else sd)
+    try:
+        optimizer.load_state_dict(adapt(sd) if adapt is not None else sd)
+    except ValueError as exc:  # torch's "parameter group that doesn't match the size ..."
+        raise CheckpointMismatch(f"the optimizer state does not fit this model ({exc}): "
+                                 f"{_refit_hint()}") from exc
+
+
+def _check_optimizer_fits(optimizer: torch.optim.Optimizer, state: dict[int, dict[str, Any]]) -> None:
+    """Moment tensors must have their parameter's shape (the step counter is a scalar)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entry in state.items():
+        if idx >= len(params):
+            raise CheckpointMismatch(f"the optimizer state has parameter {idx} but the model has "
+                                     f"{len(params)}: {_refit_hint()}")
+        for key, value in entry.items():
+            if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(params[idx].shape):
+                raise CheckpointMismatch(
+                    f"optimizer {key} of parameter {idx} has shape {tuple(value.shape)}, the "
+                    f"parameter {tuple(params[idx].shape)}: {_refit_hint()}")
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -109,16 +177,22 @@ def save_checkpoint(
 
     `trainable` and `optimizer_state`, when given, replace the model's and optimizer's own
     (sharded training passes them gathered whole, so every checkpoint has one format).
+    Leftovers of a crashed save are cleared first (they may be what filled the disk); a full
+    disk raises `durable.DiskFullError` with the size needed, and the older checkpoints stay.
     """
     final = root / f"step-{step:06d}"
-    with atomic_dir(final) as tmp:
-        save_file(trainable if trainable is not None else trainable_state(model), str(tmp / "trainable.safetensors"))
-        opt_tensors, opt_meta = _optimizer_to_files(
-            optimizer_state if optimizer_state is not None else optimizer.state_dict()
-        )
+    recover_children(root)
+    weights = trainable if trainable is not None else trainable_state(model)
+    opt_tensors, opt_meta = _optimizer_to_files(
+        optimizer_state if optimizer_state is not None else optimizer.state_dict()
+    )
+    rng = _rng_tensors()
+    size = _nbytes(weights.values()) + _nbytes(opt_tensors.values()) + _nbytes(rng.values())
+    with atomic_dir(final, size_hint=size + _JSON_ALLOWANCE) as tmp:
+        save_file(weights, str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
-        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
         full_state = {**state, "step": step, "py_random": _py_random_state()}
         (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
         (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
@@ -131,15 +205,16 @@ def _py_random_state() -> list[Any]:
     return [version, list(internal), gauss]
 
 
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def prune(root: Path, keep: int, protect: set[int]) -> None:
-    """Remove other processes' stale temp dirs and all but the newest `keep` (and `protect`)."""
-    for stale in [*root.glob("step-*.tmp-*"), *root.glob("step-*.old-*")]:
-        if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
-            shutil.rmtree(stale, ignore_errors=True)
-    checkpoints = rundir.complete_checkpoints(root.parent)
+    """Remove dead processes' leftovers and all but the newest `keep` checkpoints (and `protect`)."""
+    checkpoints = rundir.complete_checkpoints(root.parent)  # repairs leftovers first
     for ckpt in checkpoints[:-keep] if keep else checkpoints:
         if rundir.checkpoint_step(ckpt) not in protect:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            remove_dir(ckpt)  # never leaves a torn checkpoint that still has its COMPLETE marker
 
 
 def load_checkpoint(
@@ -152,19 +227,53 @@ def load_checkpoint(
     """Restore weights, optimizer and RNG from `path`; returns its state.json.
 
     `load_weights` and `adapt_optimizer_state` let sharded training place whole tensors
-    into its shards.
+    into its shards. Raises `UnreadableCheckpoint` (corrupt files) before touching anything,
+    and `CheckpointMismatch` (tensors that do not fit) before changing the weights.
     """
-    if not (path / COMPLETE).is_file():
-        raise ValueError(f"{path}: incomplete checkpoint (no {COMPLETE} marker)")
-    load_weights(model, load_file(str(path / "trainable.safetensors")))
-    _optimizer_from_files(
-        optimizer,
-        load_file(str(path / "optimizer.safetensors")),
-        json.loads((path / "optimizer.json").read_text(encoding="utf-8")),
-        adapt_optimizer_state,
-    )
-    _restore_rng(load_file(str(path / "rng.safetensors")))
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    version, internal, gauss = state["py_random"]
+    files = read_checkpoint(path)
+    try:
+        load_weights(model, files.trainable)
+        _optimizer_from_files(optimizer, files.optimizer, files.optimizer_meta, adapt_optimizer_state)
+    except CheckpointMismatch as exc:
+        raise CheckpointMismatch(f"{path}: {exc}") from None
+    _restore_rng(files.rng)
+    version, internal, gauss = files.state["py_random"]
     random.setstate((version, tuple(internal), gauss))
-    return state
+    return files.state
+
+
+def read_checkpoint(path: Path) -> CheckpointFiles:
+    """Parse every file of a checkpoint; torn or corrupt ones raise `UnreadableCheckpoint`."""
+    if not (path / COMPLETE).is_file():
+        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint (no {COMPLETE} marker)")
+    try:
+        files = CheckpointFiles(
+            trainable=load_file(str(path / "trainable.safetensors")),
+            optimizer=load_file(str(path / "optimizer.safetensors")),
+            optimizer_meta=json.loads((path / "optimizer.json").read_text(encoding="utf-8")),
+            rng=load_file(str(path / "rng.safetensors")),
+            state=json.loads((path / "state.json").read_text(encoding="utf-8")),
+        )
+        _check_shape_of_files(files)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnreadableCheckpoint(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    return files
+
+
+def _check_shape_of_files(files: CheckpointFiles) -> None:
+    """The JSON has the fields resuming reads, and the RNG state is a byte tensor."""
+    int(files.state["step"])
+    _version, internal, _gauss = files.state["py_random"]
+    if not isinstance(internal, list) or not isinstance(files.optimizer_meta["param_groups"], list):
+        raise TypeError("state.json or optimizer.json lacks its lists")
+    if files.rng["torch_cpu"].dtype != torch.uint8:
+        raise ValueError("rng.safetensors: torch_cpu is not a byte tensor")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint out of the way (`step-N.corrupt`), kept for inspection;
+    left in place, it would count among the newest `keep` and have good ones pruned."""
+    aside = path.with_name(f"{path.name}.corrupt")
+    shutil.rmtree(aside, ignore_errors=True)
+    path.rename(aside)
+    return aside

@@ -1,7 +1,9 @@
 """Write the run's deliverable, `model/`, atomically: a PEFT adapter or a full HF model dir.
 
 Both carry the tokenizer files and the chat template used in training, so that chat, serve
-and export render prompts exactly as training did.
+and export render prompts exactly as training did. `model/` is replaced whole
+(`durable.atomic_dir`): a reader, or a crash, never sees a half-written one; a full disk
+raises `durable.DiskFullError` and leaves the previous `model/` in place.
 """
 
 from __future__ import annotations
@@ -12,14 +14,27 @@ from typing import Any
 from tunecraft.durable import atomic_dir
 from tunecraft.models.facts import unwrap
 
+_TOKENIZER_ALLOWANCE = 16 * 2**20  # bytes for tokenizer files, template and configs
+
 
 def save_deliverable(
     model: Any, tokenizer: Any, out: Path, method: str, state_dict: dict[str, Any] | None = None
 ) -> None:
     """`state_dict`, when given, is saved instead of the model's own (sharded training gathers it)."""
     extra = {} if state_dict is None else {"state_dict": state_dict}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, size_hint=_size_hint(model, method, state_dict)) as tmp:
         # LoRA: the PeftModel saves the adapter only; full: the transformers model under it.
         owner = model if method == "lora" else unwrap(model)
         owner.save_pretrained(str(tmp), safe_serialization=True, **extra)
         tokenizer.save_pretrained(str(tmp))
+
+
+def _size_hint(model: Any, method: str, state_dict: dict[str, Any] | None) -> int:
+    """About how many bytes `model/` takes (for the message when the disk is full)."""
+    if state_dict is not None:
+        tensors = list(state_dict.values())
+    elif method == "lora":
+        tensors = [p for p in model.parameters() if p.requires_grad]
+    else:
+        tensors = list(unwrap(model).parameters())  # tied weights are listed once
+    return sum(t.numel() * t.element_size() for t in tensors) + _TOKENIZER_ALLOWANCE

@@ -391,6 +391,7 @@ def load_full_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
     from torch.distributed.tensor import distribute_tensor
 
     params = dict(model.named_parameters())
+    ckpt.check_fits(params, tensors)  # a sharded parameter's shape is its whole shape
     with torch.no_grad():
         for name, value in tensors.items():
             p = params[name]

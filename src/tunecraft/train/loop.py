@@ -11,6 +11,7 @@ operation goes through `rt.dist` (a no-op with one process).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import signal
 import time
@@ -24,13 +25,15 @@ from tunecraft import rundir
 from tunecraft.config import RunConfig
 from tunecraft.curves import run_verdict
 from tunecraft.data.batching import Batch, packed_batches, padded_batches, plan_steps, steps_per_epoch
+from tunecraft.durable import DiskFullError, disk_full
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import parameter_counts, unwrap
 from tunecraft.models.load import load_model
 from tunecraft.train import attention, linear
+from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
-from tunecraft.train.loss import densify_grads
 from tunecraft.train.lora import apply_lora
+from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
 from tunecraft.train.plan import Plan, TrainSettings, make_plan
 from tunecraft.train.progress import Progress
@@ -115,8 +118,10 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         "started",
         f"{s.method} on {s.base_model}: {len(plan.train)} examples, {plan.total_steps} steps, "
         f"{trainable:,} of {total_params:,} parameters trainable",
-        step=st.step,
+        step=st.step, total_steps=plan.total_steps,
     )
+    for choice in plan.choices:  # the auto settings, as the plan printed them, for every reader
+        log.event("auto", f"{choice.field} = {choice.value}: {choice.reason}", field=choice.field)
     if kernels is not None:
         log.event("kernels", f"linear layers: {kernels.reason}", onednn=kernels.onednn)
     progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
@@ -124,9 +129,14 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         with _StopSignal() as stop, progress:
             status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress)
     except TrainingFailed as exc:
-        log.event("failed", str(exc), step=st.step + 1)
-        log.summary(_summary(plan, st, "failed", str(exc)))
+        _record_failure(plan, st, log, str(exc), st.step + 1)
         raise
+    except (DiskFullError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ENOSPC:
+            raise
+        full = _disk_full(plan, exc)
+        _record_failure(plan, st, log, str(full), st.step)
+        raise full from exc
     if status in ("finished", "early_stopped"):
         log.event(status, message, step=st.step)
     summary = _summary(plan, st, status, message)
@@ -135,6 +145,24 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         summary["verdict"] = run_verdict(run_dir).to_json()
     log.summary(summary)
     return RunResult(run_dir, status, summary, model)
+
+
+def _record_failure(plan: Plan, st: _State, log: rundir.RunLog, message: str, step: int) -> None:
+    """The `failed` event and summary; best effort, since a full disk may refuse them too."""
+    with contextlib.suppress(OSError, DiskFullError):
+        log.event("failed", message, step=step)
+    with contextlib.suppress(OSError, DiskFullError):
+        log.summary(_summary(plan, st, "failed", message))
+
+
+def _disk_full(plan: Plan, exc: BaseException) -> DiskFullError:
+    """What ran out of space, how much to free, and that the last checkpoint still resumes."""
+    cause = exc if isinstance(exc, DiskFullError) else disk_full(plan.run_dir, None)
+    done = rundir.complete_checkpoints(plan.run_dir)
+    kept = (f"the last complete checkpoint, {done[-1].name}, is intact" if done
+            else "no checkpoint was written yet")
+    return DiskFullError(f"{cause}. Training stopped; {kept}. Free the space, then run "
+                         f"`tunecraft train --resume --out {plan.run_dir}`")
 
 
 def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
@@ -161,24 +189,59 @@ def _prepare_run_dir(plan: Plan, resume: bool) -> None:
         raise TunecraftError(
             f"{run_dir} already holds a run. Resume it with --resume, or choose another --out."
         )
+    if resume:
+        _check_same_data(plan)
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_config(run_dir, plan.config)
-    rundir.write_split(run_dir, plan.data.split)
+    # The files' SHA-256 beside the split: a resume on other data is refused (above).
+    rundir.write_split(run_dir, {**plan.data.split, "sha256": plan.data.digests})
+
+
+def _check_same_data(plan: Plan) -> None:
+    """Resuming on a changed data file would silently continue on other examples: refuse."""
+    recorded = rundir.read_split(plan.run_dir).get("sha256") or {}
+    files = {"train": plan.config.data.train, "val": plan.config.data.val}
+    for role, digest in plan.data.digests.items():
+        before = recorded.get(role)
+        if before is not None and before != digest:
+            raise TunecraftError(
+                f"--resume: data.{role} {files[role]} changed since this run started (SHA-256 "
+                f"{before[:12]}... then, {digest[:12]}... now), so the run cannot continue on "
+                f"it. Restore the original file to resume {plan.run_dir}, or train on the new "
+                "data as a new run with another --out."
+            )
+
+
+def _readable_checkpoint(plan: Plan, log: rundir.RunLog) -> Path | None:
+    """The newest checkpoint that reads back whole; unreadable newer ones are set aside."""
+    for path in reversed(rundir.complete_checkpoints(plan.run_dir)):
+        try:
+            ckpt.read_checkpoint(path)
+        except ckpt.UnreadableCheckpoint as exc:
+            aside = ckpt.set_aside(path)
+            log.event("checkpoint_unreadable", f"{exc}; set aside as {aside.name}, falling back "
+                      "to the checkpoint before it", step=rundir.checkpoint_step(path))
+            continue
+        return path
+    return None
 
 
 def _restore(plan: Plan, rt: Runtime, model: Any, optimizer: torch.optim.Optimizer, log: rundir.RunLog) -> _State:
-    checkpoints = rundir.complete_checkpoints(plan.run_dir)
-    if not checkpoints:
-        log.event("resume", "no complete checkpoint found: starting from step 0")
+    # Rank 0 picks (and sets aside what it cannot read); every rank then loads its pick.
+    picked = rt.dist.on_main(lambda: _readable_checkpoint(plan, log))
+    name = rt.dist.agree(picked.name if picked is not None else "")
+    if not name:
+        log.event("resume", "no readable complete checkpoint found: starting from step 0")
         return _State()
-    saved = rt.dist.load_checkpoint(checkpoints[-1], model, optimizer)
+    checkpoint = plan.run_dir / rundir.CHECKPOINTS / name
+    saved = rt.dist.load_checkpoint(checkpoint, model, optimizer)
     st = _State(step=int(saved["step"]))
     for key, value in saved.items():
         if key in _State.__dataclass_fields__ and key != "step":
             setattr(st, key, math.inf if value is None and key == "best_val_loss" else value)
     if log.enabled:  # rank 0 owns the run directory's logs
         rundir.truncate_metrics(plan.run_dir, st.step)
-    log.event("resume", f"resumed from {checkpoints[-1].name}", step=st.step)
+    log.event("resume", f"resumed from {name}", step=st.step)
     return st
 
 

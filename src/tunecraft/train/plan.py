@@ -191,7 +191,7 @@ def _settings(cfg: RunConfig) -> TrainSettings:
     settings = TrainSettings(
         base_model=cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
         method=need("train.method", tc.method), lora=cfg.lora.model_copy(deep=True),
-        epochs=need("train.epochs", tc.epochs), lr=need("train.lr", tc.lr),
+        epochs=need("train.epochs", tc.epochs), lr=(need("train.lr", tc.lr) or 0.0) * tc.lr_multiplier,
         batch_size=need("train.batch_size", tc.batch_size),
         micro_batch_size=need("train.micro_batch_size", tc.micro_batch_size),
         max_length=need("data.max_length", cfg.data.max_length), warmup_ratio=tc.warmup_ratio,

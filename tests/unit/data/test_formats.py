@@ -186,7 +186,9 @@ def test_format_priority_and_extra_keys() -> None:
     assert record.format == "prompt_completion" and record.issues == []
     chat = parse_record({"messages": [{"role": "user", "content": "q"},
                                       {"role": "assistant", "content": "a", "name": "x"}], "text": "x"}, "f", 1)
-    assert chat.format == "chat" and chat.issues == []
+    # Top-level extras stay silent; a message key training drops ("name") is a warning.
+    assert chat.format == "chat" and chat.example is not None
+    assert [(i.code, i.severity) for i in chat.issues] == [("ignored_field", "warning")]
 
 
 def test_mixed_formats_blames_the_minority(tmp_path: Path) -> None:

@@ -133,3 +133,11 @@ def test_build_does_not_change_the_plan_it_was_given(make_cfg, tmp_path) -> None
     assert moved.config.train.out == str(tmp_path / "elsewhere")
     assert plan.config.train.out == str(tmp_path / "run")  # the original is untouched
     assert rt.world_size == 1 and rt.is_main and rt.threads == plan.settings.threads
+
+
+def test_lr_multiplier_scales_the_resolved_lr_once(make_cfg) -> None:
+    plan = make_plan(make_cfg(**{"train.lr": None, "train.lr_multiplier": 0.5}))
+    assert plan.settings.lr == 5e-5 * 0.5  # the auto LR for full fine-tuning, halved
+    assert plan.config.train.lr == 5e-5 and plan.config.train.lr_multiplier == 0.5  # resume re-applies once
+    again = make_plan(plan.config)  # what --resume plans from config.yaml
+    assert again.settings.lr == plan.settings.lr

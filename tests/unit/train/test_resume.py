@@ -101,8 +101,8 @@ def test_incomplete_checkpoint_is_never_loaded(tmp_path: Path) -> None:
     (root / "step-000004" / "COMPLETE").write_text("ok")
     (root / "step-000008").mkdir()  # no COMPLETE marker: torn write
     (root / "step-000009.tmp-123").mkdir()
-    (root / "step-000010.old-123").mkdir()  # a replaced checkpoint not yet removed
-    (root / "step-000010.old-123" / "COMPLETE").write_text("ok")
+    (root / "step-000004.old-123").mkdir()  # the replaced copy of a re-saved step, not yet removed
+    (root / "step-000004.old-123" / "COMPLETE").write_text("ok")
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000004"]
 
 

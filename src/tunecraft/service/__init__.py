@@ -1,0 +1,1 @@
+"""The local fine-tuning service: OpenAI's files and fine-tuning jobs API on `tunecraft serve`."""
