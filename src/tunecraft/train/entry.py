@@ -39,8 +39,20 @@ def resolve_config(args: list[str], values: dict[str, Any], resume: bool) -> Run
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} not found; is {out} a run directory?")
-        return load_config(saved)
+        cfg = load_config(saved)
+        # A run directory may come from anyone: its own config never lets a model's code run.
+        # Only this command's explicit `model.trust_remote_code=true` does.
+        cfg.model.trust_remote_code = _asked_for_remote_code(overrides)
+        return cfg
     return build_config(config_path, overrides, values)
+
+
+def _asked_for_remote_code(overrides: list[str]) -> bool:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "model.trust_remote_code":
+            return value.strip().lower() in ("true", "1", "yes", "on")
+    return False
 
 
 def run_train(

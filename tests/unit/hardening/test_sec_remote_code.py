@@ -124,3 +124,16 @@ def test_only_the_chat_flag_enables_remote_code(tiny_model_dir: Path, tmp_path: 
     allowed = _chat_cli(run, tmp_path / "modules", "--trust-remote-code")
     assert allowed.returncode == 0, allowed.stderr
     assert sentinel.read_text() == "remote code ran"  # the user asked: the model's code ran
+
+
+def test_resume_never_takes_remote_code_from_the_run_directory(tmp_path) -> None:
+    """`train --resume` reads the run's config.yaml, but not its trust_remote_code."""
+    from tunecraft.config import build_config, dump_config
+    from tunecraft.train.entry import resolve_config
+
+    run = tmp_path / "shared-run"
+    run.mkdir()
+    dump_config(build_config(values={"model.trust_remote_code": True, "train.out": str(run)}), run / "config.yaml")
+    assert resolve_config([], {"train.out": str(run)}, resume=True).model.trust_remote_code is False
+    asked = resolve_config(["model.trust_remote_code=true"], {"train.out": str(run)}, resume=True)
+    assert asked.model.trust_remote_code is True  # the command's own explicit flag
