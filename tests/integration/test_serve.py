@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +11,9 @@ import httpx
 import openai
 import pytest
 import torch
-
+from processes import LoopbackServer
 from runs import build_lora_run
+
 from tunecraft.serve.app import ServeSettings, create_app
 from tunecraft.serve.engine import LoadedModel, SamplingParams, generate_chat
 from tunecraft.serve.server import load_targets
@@ -22,28 +21,9 @@ from tunecraft.serve.server import load_targets
 KEY = "test-key"
 
 
-class _Server:
+class _Server(LoopbackServer):
     def __init__(self, app) -> None:
-        import uvicorn
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().__init__(app, log_level="warning")
 
 
 @pytest.fixture(scope="module")

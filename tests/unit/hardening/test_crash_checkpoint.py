@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from processes import run_in_child
 from runs import train_config
 from safetensors.torch import load_file, save_file
 from tiny import write_chat_data
@@ -48,29 +47,6 @@ def make_cfg(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., Any]:
     return make
 
 
-def run_in_child(body: Callable[[], None], timeout: float = 60.0) -> int:
-    """Run `body` in a forked child (one torch thread); returns its wait status."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            torch.set_num_threads(1)
-            body()
-            code = 0
-        except BaseException:  # noqa: BLE001  (the child reports any failure, then exits)
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    deadline = time.time() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the child process hung")
-        time.sleep(0.005)
 
 
 def die_between_renames() -> None:

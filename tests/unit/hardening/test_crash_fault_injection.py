@@ -254,6 +254,7 @@ def fork_campaign(model_dir: str, work: str, trials: int, seed: int) -> dict[str
     # Imported once here, so that children fork warm; nothing is loaded here, though: loading
     # starts helper threads, and a fork while one of them holds a lock can deadlock the child.
     import transformers.models.llama.modeling_llama  # noqa: F401
+
     import tunecraft.models.load  # noqa: F401
     import tunecraft.train.deliver  # noqa: F401
     from tunecraft import rundir

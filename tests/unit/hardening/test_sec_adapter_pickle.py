@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import build_lora_run
 from safetensors.torch import load_file
 
-from runs import build_lora_run
 from tunecraft.errors import UnsafeModelError
 
 FIX = "safe_serialization=True"

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import torch
-
 from tiny import build_model_dir
+
 from tunecraft.serve.app import ServeSettings, create_app
 from tunecraft.serve.engine import LoadedModel, load_target
 

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from runs import build_full_run
-from tunecraft.config import load_config, dump_config
+
+from tunecraft.config import dump_config, load_config
 from tunecraft.errors import UnsafeModelError
 
 CODE = '''"""Stands for a downloaded model's code: it must only ever run when the user asked for it."""
