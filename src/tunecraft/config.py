@@ -68,7 +68,16 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this (None: off).")
     seed: int = Field(42, description="Seed for data order, split, init of LoRA weights.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps (auto: ~10 evals).")
-    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (auto: at each eval).")
+    save_every: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps (auto: by wall clock, every train.save_interval_s, and at the end)."
+    )
+    save_interval_s: float = Field(
+        600.0, gt=0, description="With save_every on auto: seconds of training between checkpoints."
+    )
+    eval_examples: int | None = Field(
+        None, ge=1, description="Validation examples scored at each evaluation (auto: sized to ~5% of the "
+        "run's compute, at least 32); the last step also scores all of them."
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest and best are kept).")
     patience: int | None = Field(3, ge=1, description="Early stop after N evals without improvement (None: off).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Compute precision (auto: bf16 where fast).")

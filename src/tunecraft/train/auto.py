@@ -17,6 +17,7 @@ from tunecraft.hardware import has_fast_bf16, usable_physical_cores
 from tunecraft.train.runtime import local_world_size
 
 LORA_MIN_PARAMS = 50_000_000  # below this, full fine-tuning is cheap and usually better
+EVAL_MIN_EXAMPLES = 32  # a validation loss on fewer examples is mostly noise
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,20 @@ def choose_eval_every(total_steps: int) -> Choice:
     return Choice("train.eval_every", value, f"about 10 evaluations over {total_steps} steps")
 
 
-def choose_save_every(eval_every: int) -> Choice:
-    return Choice("train.save_every", eval_every, "a checkpoint at each evaluation")
+def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int) -> Choice:
+    """A fixed validation subsample whose forward passes (~1/3 of a training step's compute per
+    example) total ~5% of training over all evaluations; never fewer than 32 examples."""
+    budget = int(0.05 * 3 * trained_examples / max(1, n_evals))
+    value = min(n_val, max(EVAL_MIN_EXAMPLES, budget))
+    if value == n_val:
+        return Choice("train.eval_examples", value, f"all {n_val} validation examples at each evaluation")
+    return Choice("train.eval_examples", value, f"{value} of {n_val} validation examples per evaluation "
+                  f"(~5% of the compute over {n_evals} evaluations); all {n_val} at the end")
+
+
+def choose_save_every() -> Choice:
+    return Choice("train.save_every", None, "by wall clock: a checkpoint every train.save_interval_s "
+                  "of training, at the end, and when stopped")
 
 
 def choose_precision(device: torch.device, deterministic: bool) -> Choice:

@@ -65,6 +65,8 @@ class _State:
     bad_evals: int = 0  # evaluations since the last improvement
     last_train_loss: float = math.nan
     elapsed_s: float = 0.0
+    eval_s: float = 0.0  # of elapsed_s: validation passes
+    checkpoint_s: float = 0.0  # of elapsed_s: checkpoints and model/ writes
 
 
 class _StopSignal:
@@ -108,8 +110,12 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     rt.dist.on_main(lambda: _prepare_run_dir(plan, resume))
     log = rundir.RunLog(run_dir, enabled=rt.is_main)
     seed_everything(s.seed)
-    model, kernels = build_model(plan, rt)
+    t0 = time.perf_counter()
+    model, kernels = build_model(plan, rt)  # weights, LoRA, the kernel probe
     model = rt.dist.prepare(model, rt.dtype)  # before the optimizer sees the parameters
+    startup = {**plan.timings, "load_model_s": round(time.perf_counter() - t0, 3)}
+    log.event("startup", "start-up: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in startup.items()),
+              **startup)
     optimizer = build_optimizer(_trainable(model), s.lr, s.weight_decay, s.fused_optimizer)
     st = _restore(plan, rt, model, optimizer, log) if resume else _State()
     steps = plan_steps(len(plan.train), s.batch_size, plan.total_steps, s.seed)
@@ -137,10 +143,14 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         full = _disk_full(plan, exc)
         _record_failure(plan, st, log, str(full), st.step)
         raise full from exc
+    full = _full_validation(plan, rt, model, st, log) if status in ("finished", "early_stopped") else None
     if status in ("finished", "early_stopped"):
         log.event(status, message, step=st.step)
     summary = _summary(plan, st, status, message)
+    if full is not None:
+        summary["final_val_loss_full"], summary["final_val_ci95_full"] = full.loss, full.ci95
     summary["linear_kernels"] = kernels.reason if kernels is not None else None
+    summary["startup_s"] = startup
     if rt.is_main:  # the curves are on disk now: judge them (healthy / under- / overfitting)
         summary["verdict"] = run_verdict(run_dir).to_json()
     log.summary(summary)
@@ -328,6 +338,7 @@ def _run_steps(
     warmup = int(round(s.warmup_ratio * plan.total_steps))
     per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
     t_start = time.time() - st.elapsed_s
+    t_saved = time.time()  # the wall-clock cadence counts from this process's start
     for step_idx in range(st.step, plan.total_steps):
         lr = s.lr * lr_factor(step_idx, plan.total_steps, warmup, s.schedule)
         set_lr(optimizer, lr)
@@ -336,10 +347,12 @@ def _run_steps(
         loss, norm = train_step(model, optimizer, batches, s, rt)
         dt_step = time.time() - t0
         st.step = step_idx + 1
-        # Every rank's counts, and one stop vote so that all ranks stop (and checkpoint) together.
-        n_loss, n_tok, n_run, votes = rt.dist.sum(
+        # Every rank's counts, one stop vote so that all ranks stop (and checkpoint) together, and
+        # rank 0's clock for the checkpoint cadence (clocks differ a little between ranks).
+        due = s.save_every is None and rt.is_main and time.time() - t_saved >= s.save_interval_s
+        n_loss, n_tok, n_run, votes, due_votes = rt.dist.sum(
             [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches),
-             sum(b.n_computed for b in batches), stop.received is not None]
+             sum(b.n_computed for b in batches), stop.received is not None, due]
         )
         stopping = votes > 0
         st.tokens += int(n_loss)
@@ -357,12 +370,16 @@ def _run_steps(
         stopped_early = False
         if st.step % s.eval_every == 0 or last:
             stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
-        if st.step % s.save_every == 0 or last or stopped_early or stopping:
-            st.elapsed_s = time.time() - t_start
+        on_cadence = st.step % s.save_every == 0 if s.save_every is not None else due_votes > 0
+        if on_cadence or last or stopped_early or stopping:
+            t0 = time.time()
+            st.elapsed_s = t0 - t_start
             path = rt.dist.save_checkpoint(
                 plan.run_dir / rundir.CHECKPOINTS, st.step, model, optimizer, _state_dict(st),
                 s.keep_checkpoints, {st.best_step},
             )
+            t_saved = time.time()
+            st.checkpoint_s += t_saved - t0
             if path is not None:
                 log.event("checkpoint", f"saved {path.name}", step=st.step)
         if stopped_early:
@@ -422,40 +439,86 @@ def train_step(
 def _eval_and_keep_best(
     plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, progress: Progress
 ) -> bool:
-    """Evaluate; save model/ on improvement; return True when patience ran out."""
-    val_loss, val_acc = evaluate(model, plan, rt)
-    log.metric("eval", step=st.step, val_loss=val_loss, val_token_accuracy=val_acc)
-    progress.note(f"step {st.step}: val loss {val_loss:.4f}, token accuracy {val_acc:.3f}")
-    if val_loss < st.best_val_loss:
-        st.best_val_loss, st.best_step, st.bad_evals = val_loss, st.step, 0
+    """Evaluate on the fixed subsample; save model/ on improvement; True when patience ran out."""
+    t0 = time.time()
+    val = evaluate(model, plan, rt, plan.eval_indices)
+    st.eval_s += time.time() - t0
+    log.metric("eval", step=st.step, val_loss=val.loss, val_token_accuracy=val.accuracy,
+               val_examples=val.examples, val_loss_ci95=val.ci95)
+    ci = f" ± {val.ci95:.4f}" if val.ci95 is not None else ""
+    progress.note(f"step {st.step}: val loss {val.loss:.4f}{ci}, token accuracy {val.accuracy:.3f}"
+                  + (f" ({val.examples} of {len(plan.val)} examples)" if val.examples < len(plan.val) else ""))
+    if val.loss < st.best_val_loss:
+        st.best_val_loss, st.best_step, st.bad_evals = val.loss, st.step, 0
+        t0 = time.time()
         rt.dist.save_model(model, plan.tokenizer, plan.run_dir / rundir.MODEL, plan.settings.method)
+        st.checkpoint_s += time.time() - t0
         return False
     st.bad_evals += 1
     patience = plan.settings.patience
     return patience is not None and st.bad_evals >= patience
 
 
-@torch.no_grad()
-def evaluate(model: Any, plan: Plan, rt: Runtime) -> tuple[float, float]:
-    """Validation loss (mean over loss-bearing tokens) and next-token accuracy."""
+def _full_validation(plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog) -> ValResult | None:
+    """One pass over every validation example at the end, when the evaluations used a subsample."""
+    if len(plan.eval_indices) >= len(plan.val):
+        return None
+    t0 = time.time()
+    full = evaluate(model, plan, rt)
+    st.eval_s += time.time() - t0
+    st.elapsed_s += time.time() - t0
+    log.metric("eval_full", step=st.step, val_loss=full.loss, val_token_accuracy=full.accuracy,
+               val_examples=full.examples, val_loss_ci95=full.ci95)
+    return full
+
+
+@dataclass(frozen=True)
+class ValResult:
+    loss: float  # mean over loss-bearing tokens
+    accuracy: float  # next-token accuracy over the same tokens
+    examples: int
+    ci95: float | None  # half-width of the loss's 95% interval (None: too few batches to say)
+
+
+@torch.inference_mode()
+def evaluate(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | None = None) -> ValResult:
+    """Validation loss and token accuracy on `indices` of the validation set (default: all).
+
+    The interval treats each evaluated micro-batch as a cluster of tokens: the ratio estimator's
+    linearized variance, which needs a few clusters (at least 4) to mean anything.
+    """
     s = plan.settings
     was_training = model.training
     model.eval()
-    total, correct, count = 0.0, 0, 0
-    indices = rt.dist.share(list(range(len(plan.val))))  # each rank its share
+    chosen = list(range(len(plan.val))) if indices is None else list(indices)
+    mine = rt.dist.share(chosen)  # each rank its share
     per = s.micro_batch_size * 2
-    batches = [b for at in range(0, len(indices), per) for b in micro_batches(plan, indices[at : at + per], plan.val)]
+    batches = [b for at in range(0, len(mine), per) for b in micro_batches(plan, mine[at : at + per], plan.val)]
+    sums: list[tuple[float, int]] = []  # (loss sum, loss tokens) per micro-batch
+    correct = 0
     with _autocast(rt, s.method):
         for batch in rt.dist.micro_batches(batches):
             out = rt.dist.loss(model, batch.to(rt.device), s.engine, with_accuracy=True)
-            total += float(out.loss_sum)
+            sums.append((float(out.loss_sum), batch.n_loss))
             correct += int(out.n_correct)
-            count += batch.n_loss
+    total, count = sum(x for x, _ in sums), sum(n for _, n in sums)
     total, correct, count = rt.dist.sum([total, correct, count])
     model.train(was_training)
     if count == 0:
-        return math.nan, math.nan
-    return total / count, correct / count
+        return ValResult(math.nan, math.nan, len(chosen), None)
+    mean = total / count
+    return ValResult(mean, correct / count, len(chosen), _ratio_ci95(sums, mean) if rt.world_size == 1 else None)
+
+
+def _ratio_ci95(sums: list[tuple[float, int]], mean: float) -> float | None:
+    """95% half-width of sum(loss)/sum(tokens) over clusters (linearized ratio estimator)."""
+    clusters = [(x, n) for x, n in sums if n > 0]
+    k = len(clusters)
+    if k < 4:
+        return None
+    avg_tokens = sum(n for _, n in clusters) / k
+    var = sum((x - mean * n) ** 2 for x, n in clusters) / (k - 1) / k / avg_tokens**2
+    return 1.96 * math.sqrt(var)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -484,4 +547,7 @@ def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str
         "best_val_loss": None if math.isinf(st.best_val_loss) else st.best_val_loss,
         "final_train_loss": None if math.isnan(st.last_train_loss) else st.last_train_loss,
         "n_params": plan.n_params,
+        # Where the wall time went (seconds): the rest of wall_s is the optimizer steps themselves.
+        "time_breakdown": {"eval_s": round(st.eval_s, 2), "checkpoint_s": round(st.checkpoint_s, 2),
+                           "steps_s": round(max(0.0, st.elapsed_s - st.eval_s - st.checkpoint_s), 2)},
     }

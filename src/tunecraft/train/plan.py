@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-from dataclasses import dataclass
+import random
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +50,9 @@ class TrainSettings:
     grad_clip: float | None  # None: no clipping
     seed: int
     eval_every: int
-    save_every: int
+    save_every: int | None  # None: by wall clock, every save_interval_s
+    save_interval_s: float
+    eval_examples: int  # validation examples per intermediate evaluation
     keep_checkpoints: int
     patience: int | None  # None: no early stopping
     precision: Literal["fp32", "bf16"]  # the compute precision actually used
@@ -76,6 +80,8 @@ class Plan:
     n_params: int
     total_steps: int
     choices: tuple[auto.Choice, ...] = ()
+    eval_indices: tuple[int, ...] = ()  # the fixed validation subsample of intermediate evaluations
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per planning stage
 
     @property
     def train_tokens(self) -> int:
@@ -90,6 +96,19 @@ class Plan:
         config = self.config.model_copy(deep=True)
         config.train.out = str(run_dir)
         return dataclasses.replace(self, run_dir=run_dir, config=config)
+
+
+class _Clock:
+    """Seconds spent in each stage of planning (reported in the plan and summary.json)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 3)
+        self._t = now
 
 
 def default_run_dir() -> Path:
@@ -172,11 +191,21 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
     return r.choices
 
 
-def _resolve_cadence(cfg: RunConfig, total_steps: int) -> list[auto.Choice]:
+def _resolve_cadence(cfg: RunConfig, total_steps: int, n_val: int) -> list[auto.Choice]:
     r = _Resolver(cfg)
-    r.choose(cfg.train.eval_every, lambda: auto.choose_eval_every(total_steps))
-    r.choose(cfg.train.save_every, lambda: auto.choose_save_every(int(cfg.train.eval_every or 1)))
+    tc = cfg.train
+    r.choose(tc.eval_every, lambda: auto.choose_eval_every(total_steps))
+    r.choose(tc.save_every, auto.choose_save_every)
+    n_evals = total_steps // int(tc.eval_every or 1) + (total_steps % int(tc.eval_every or 1) > 0)
+    r.choose(tc.eval_examples, lambda: auto.choose_eval_examples(n_val, total_steps * int(tc.batch_size or 1), n_evals))
     return r.choices
+
+
+def eval_subsample(n_val: int, n: int, seed: int) -> tuple[int, ...]:
+    """The same seeded validation subset at every evaluation (all of it when n >= n_val)."""
+    if n >= n_val:
+        return tuple(range(n_val))
+    return tuple(sorted(random.Random(seed).sample(range(n_val), n)))
 
 
 def _settings(cfg: RunConfig) -> TrainSettings:
@@ -196,7 +225,8 @@ def _settings(cfg: RunConfig) -> TrainSettings:
         micro_batch_size=need("train.micro_batch_size", tc.micro_batch_size),
         max_length=need("data.max_length", cfg.data.max_length), warmup_ratio=tc.warmup_ratio,
         schedule=tc.schedule, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
-        eval_every=need("train.eval_every", tc.eval_every), save_every=need("train.save_every", tc.save_every),
+        eval_every=need("train.eval_every", tc.eval_every), save_every=tc.save_every,
+        save_interval_s=tc.save_interval_s, eval_examples=min(need("train.eval_examples", tc.eval_examples) or 0, 10**9),
         keep_checkpoints=tc.keep_checkpoints, patience=tc.patience,
         precision=need("train.precision", tc.precision), deterministic=tc.deterministic,
         engine=tc.engine, compile=need("train.compile", tc.compile), threads=need("train.threads", tc.threads),
@@ -209,10 +239,13 @@ def _settings(cfg: RunConfig) -> TrainSettings:
 def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     """Validate, resolve and decide everything; nothing is left on auto."""
     cfg = cfg.model_copy(deep=True)
+    clock = _Clock()
     check_paths(cfg)
     train_ex, val_ex = _validate_data(cfg)
-    model = resolve_model(cfg.model.name, on_status=on_status)
+    clock.lap("validate_s")
+    model = resolve_model(cfg.model.name, on_status=on_status)  # converts a GGUF once, then cached
     tokenizer = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
+    clock.lap("resolve_s")
     data = prepare(
         Path(cfg.data.train or ""),
         Path(cfg.data.val) if cfg.data.val else None,
@@ -230,6 +263,7 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
             f"{cfg.data.train}: too few examples to hold out a validation set; add examples or "
             "pass --val FILE"
         )
+    clock.lap("tokenize_s")  # a cache hit when this data, tokenizer and template were seen before
     n_params = count_params(model.path, cfg.model.trust_remote_code)
     context = context_length(tokenizer, model.path)
     choices = _resolve(cfg, n_params, data, context)
@@ -240,11 +274,14 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     if sum(count_loss_tokens(e) for e in train) == 0:
         raise DataError("no example has a loss-bearing token left after truncation; raise --max-length")
     total = total_steps(float(cfg.train.epochs or 1.0), len(train), int(cfg.train.batch_size or 1), cfg.train.max_steps)
-    choices += _resolve_cadence(cfg, total)
+    choices += _resolve_cadence(cfg, total, len(val))
     run_dir = Path(cfg.train.out) if cfg.train.out else default_run_dir()
     cfg.train.out = str(run_dir)
     settings = _settings(cfg)
-    return Plan(cfg, settings, run_dir, model, tokenizer, data, train, val, n_params, total, tuple(choices))
+    indices = eval_subsample(len(val), settings.eval_examples, settings.seed)
+    clock.lap("decide_s")
+    return Plan(cfg, settings, run_dir, model, tokenizer, data, train, val, n_params, total, tuple(choices), indices,
+                clock.laps)
 
 
 def total_steps(epochs: float, n_train: int, batch_size: int, max_steps: int | None) -> int:

@@ -40,6 +40,9 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
     if step_s is not None:
         table.add_row("estimate", f"~{_fmt_duration(step_s * plan.total_steps)} "
                       f"({step_s:.2f} s per step, measured)")
+    if plan.timings:
+        table.add_row("prepared", f"in {sum(plan.timings.values()):.1f} s ("
+                      + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in plan.timings.items()) + ")")
     table.add_row("run dir", str(plan.run_dir))
     console.print(table)
     if plan.choices:

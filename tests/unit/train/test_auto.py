@@ -58,7 +58,10 @@ def test_micro_batch_by_token_budget() -> None:
 def test_cadence_and_epochs_for_steps() -> None:
     assert auto.choose_eval_every(54).value == 5
     assert auto.choose_eval_every(7).value == 1
-    assert auto.choose_save_every(5).value == 5
+    assert auto.choose_save_every().value is None  # by wall clock
+    assert auto.choose_eval_examples(100, 1000, 10).value == 32  # 5% budget is 15 examples: the floor
+    assert auto.choose_eval_examples(2000, 40_000, 10).value == 600  # 0.05 * 3 * 40k / 10
+    assert auto.choose_eval_examples(20, 40_000, 10).value == 20  # never more than there are
     choice = auto.epochs_for_steps(10, 64, 8)  # 8 steps per epoch
     assert choice.value == 1.25 and "8 steps per epoch" in choice.reason
 
@@ -85,19 +88,20 @@ def test_all_auto_plan_resolves_everything_once_with_reasons(make_cfg) -> None:
     # The tiny model is small (full), the 64-row data gives 57 train rows (4 epochs, batch 5).
     assert (s.method, s.lr, s.epochs, s.batch_size) == ("full", 5e-5, 4.0, 5)
     assert s.micro_batch_size == 5 and s.max_length == 128  # p99 of the rows, rounded up to 64s
-    assert plan.total_steps == 48 and (s.eval_every, s.save_every) == (4, 4)
+    assert plan.total_steps == 48 and (s.eval_every, s.save_every, s.save_interval_s) == (4, None, 600.0)
+    assert s.eval_examples == len(plan.val) == 6 and plan.eval_indices == tuple(range(6))
     chosen = [c.field for c in plan.choices]
     assert len(chosen) == len(set(chosen))  # each decided once
     assert {"train.method", "train.lr", "train.epochs", "train.batch_size", "train.micro_batch_size",
             "data.max_length", "train.compile", "train.precision", "train.threads",
-            "train.eval_every", "train.save_every"} == set(chosen)
+            "train.eval_every", "train.save_every", "train.eval_examples"} == set(chosen)
     assert all(c.reason for c in plan.choices)
     # config.yaml records the same decisions, with nothing left on auto.
     resolved = plan.config
     for field in dataclasses.fields(TrainSettings):
         value = getattr(s, field.name)
         section = "data" if field.name == "max_length" else "train"
-        if field.name in ("base_model", "trust_remote_code", "lora"):
+        if field.name in ("base_model", "trust_remote_code", "lora", "eval_examples"):
             continue
         assert getattr(getattr(resolved, section), field.name) == value, field.name
 
@@ -141,3 +145,65 @@ def test_lr_multiplier_scales_the_resolved_lr_once(make_cfg) -> None:
     assert plan.config.train.lr == 5e-5 and plan.config.train.lr_multiplier == 0.5  # resume re-applies once
     again = make_plan(plan.config)  # what --resume plans from config.yaml
     assert again.settings.lr == plan.settings.lr
+
+
+def test_eval_subsample_is_fixed_seeded_and_bounded() -> None:
+    from tunecraft.train.plan import eval_subsample
+
+    a = eval_subsample(500, 40, seed=3)
+    assert a == eval_subsample(500, 40, seed=3) and len(a) == 40 == len(set(a))
+    assert a != eval_subsample(500, 40, seed=4) and list(a) == sorted(a)
+    assert eval_subsample(10, 40, seed=3) == tuple(range(10))
+
+
+def test_checkpoints_follow_the_wall_clock_when_save_every_is_auto(make_cfg, tmp_path) -> None:
+    from runs import train_config
+    from tunecraft.rundir import read_events, read_metrics
+
+    rare = train_config(make_cfg(**{"train.max_steps": 6, "train.batch_size": 4, "train.micro_batch_size": 4,
+                                     "train.save_interval_s": 3600, "train.out": str(tmp_path / "rare")}))
+    saved = [e["step"] for e in read_events(rare.run_dir) if e["event"] == "checkpoint"]
+    assert saved == [6]  # an hour never passed: only the end
+    often = train_config(make_cfg(**{"train.max_steps": 6, "train.batch_size": 4, "train.micro_batch_size": 4,
+                                      "train.save_interval_s": 1e-6, "train.out": str(tmp_path / "often")}))
+    assert [e["step"] for e in read_events(often.run_dir) if e["event"] == "checkpoint"] == [1, 2, 3, 4, 5, 6]
+    breakdown = often.summary["time_breakdown"]
+    assert breakdown["checkpoint_s"] > 0 and breakdown["eval_s"] > 0
+    assert abs(sum(breakdown.values()) - often.summary["wall_s"]) < 0.05
+    evals = [r for r in read_metrics(often.run_dir) if r["type"] == "eval"]
+    assert all(r["val_examples"] == len(often_plan_val(often)) for r in evals)
+
+
+def often_plan_val(result) -> list:
+    from tunecraft.rundir import read_split
+
+    return read_split(result.run_dir).get("val_lines", [])
+
+
+def test_subsampled_evaluations_end_with_a_full_pass(make_cfg, tmp_path) -> None:
+    from runs import train_config
+    from tunecraft.rundir import read_metrics
+
+    result = train_config(make_cfg(**{"train.max_steps": 4, "train.eval_every": 2, "train.eval_examples": 3,
+                                      "data.val_fraction": 0.25, "train.batch_size": 4,
+                                      "train.micro_batch_size": 1}))
+    rows = read_metrics(result.run_dir)
+    evals = [r for r in rows if r["type"] == "eval"]
+    full = [r for r in rows if r["type"] == "eval_full"]
+    assert [r["val_examples"] for r in evals] == [3, 3]
+    assert len(full) == 1 and full[0]["step"] == 4 and full[0]["val_examples"] == 16
+    assert full[0]["val_loss_ci95"] is not None and full[0]["val_loss_ci95"] > 0  # 16 clusters of 2
+    assert result.summary["final_val_loss_full"] == full[0]["val_loss"]
+
+
+def test_start_up_is_measured_and_a_second_plan_retokenizes_nothing(make_cfg, tmp_path) -> None:
+    from tunecraft import paths
+
+    first = make_plan(make_cfg())
+    assert set(first.timings) == {"validate_s", "resolve_s", "tokenize_s", "decide_s"}
+    entries = {p: p.stat().st_mtime_ns for p in paths.data_cache_dir().rglob("*") if p.is_file()}
+    assert entries  # the first plan tokenized and stored
+    second = make_plan(make_cfg())
+    after = {p: p.stat().st_mtime_ns for p in paths.data_cache_dir().rglob("*") if p.is_file()}
+    assert after == entries  # nothing re-tokenized or re-written
+    assert [e.input_ids for e in second.train] == [e.input_ids for e in first.train]

@@ -111,7 +111,7 @@ def test_early_stopping_keeps_lowest_validation_loss(make_cfg, tmp_path) -> None
 
     # A high learning rate on tiny data overfits fast: validation loss turns up.
     cfg = make_cfg(**{
-        "train.epochs": 30, "train.lr": 3e-2, "train.eval_every": 2, "train.patience": 2,
+        "train.epochs": 30, "train.lr": 3e-2, "train.eval_every": 2, "train.save_every": 2, "train.patience": 2,
         "train.batch_size": 8, "train.warmup_ratio": 0.0, "train.schedule": "constant",
         "data.val_fraction": 0.25,
     })
