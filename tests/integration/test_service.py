@@ -138,6 +138,9 @@ def test_openai_fine_tuning_guide_script(server: Server, data: dict[str, Path], 
     t0 = time.time()
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
     assert time.time() - t0 < 1.0
+    t0 = time.time()  # chat with the base model is answered meanwhile too
+    client.chat.completions.create(model=base, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert time.time() - t0 < 1.0
     done = _wait(client, job.id, ("succeeded", "failed"))
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:{base}:guide:{job.id.removeprefix('ftjob-')}"
@@ -351,3 +354,27 @@ def test_jobs_cli_mirrors_the_api(server: Server, data: dict[str, Path], tiny_mo
     res = subprocess.run([sys.executable, "-m", "tunecraft", "jobs", "list", "--url", f"{server.url}/v1"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "HTTP 401" in res.stderr  # no key: a clear error, no traceback
+
+
+def test_cancel_stops_a_running_child_within_seconds_and_keeps_its_checkpoint(
+        server: Server, data: dict[str, Path], tiny_model_dir: Path) -> None:
+    client = server.client()
+    training = client.files.create(file=open(data["train"], "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=training.id, model=str(tiny_model_dir),
+                                         hyperparameters={"n_epochs": 50})
+    run = server.data_dir / "jobs" / job.id / "run"
+    _wait_for_checkpoint(run, 3)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(fine_tuning_job_id=job.id, limit=5).data]
+        if any(m.startswith("The job was cancelled") for m in messages):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the child did not stop within 15 s of the cancel")
+    from tunecraft.rundir import checkpoint_steps, read_events
+
+    assert checkpoint_steps(run)  # the last checkpoint is kept
+    assert read_events(run)[-1]["event"] == "interrupted"  # the loop stopped at a step boundary
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
