@@ -114,8 +114,6 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     model, kernels = build_model(plan, rt)  # weights, LoRA, the kernel probe
     model = rt.dist.prepare(model, rt.dtype)  # before the optimizer sees the parameters
     startup = {**plan.timings, "load_model_s": round(time.perf_counter() - t0, 3)}
-    log.event("startup", "start-up: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in startup.items()),
-              **startup)
     optimizer = build_optimizer(_trainable(model), s.lr, s.weight_decay, s.fused_optimizer)
     st = _restore(plan, rt, model, optimizer, log) if resume else _State()
     steps = plan_steps(len(plan.train), s.batch_size, plan.total_steps, s.seed)
@@ -128,6 +126,8 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     )
     for choice in plan.choices:  # the auto settings, as the plan printed them, for every reader
         log.event("auto", f"{choice.field} = {choice.value}: {choice.reason}", field=choice.field)
+    log.event("startup", "start-up: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in startup.items()),
+              **startup)
     if kernels is not None:
         log.event("kernels", f"linear layers: {kernels.reason}", onednn=kernels.onednn)
     progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
