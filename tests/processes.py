@@ -1,4 +1,5 @@
-"""Test helpers that run real things: uvicorn on loopback in a thread, a body in a forked child."""
+"""Test helpers that run real things: uvicorn on loopback in a thread, a body in a forked child
+(and a kill at the worst moment of a directory replacement, for that child)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -65,3 +67,18 @@ def run_in_child(body: Callable[[], None], timeout: float = 60.0) -> int:
             os.waitpid(pid, 0)
             raise AssertionError("the child process hung")
         time.sleep(0.005)
+
+
+def die_between_renames() -> None:
+    """(In a forked child.) SIGKILL this process the moment a temp directory is about to be
+    renamed onto a name whose previous version was just parked as `.old-*`: the window with no
+    target. Patches this process's `os.replace` only; the child never returns to pytest."""
+    real = os.replace
+
+    def replace(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+        s, d = Path(src), Path(dst)
+        if ".tmp-" in s.name and not d.exists() and any(d.parent.glob(f"{d.name}.old-*")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+
+    os.replace = replace  # type: ignore[assignment]

@@ -21,7 +21,6 @@ import httpx
 import openai
 import pytest
 from safetensors.torch import load_file
-
 from tiny import write_chat_data
 
 KEY = "service-key"
@@ -46,7 +45,7 @@ class Server:
     def start(self) -> Server:
         cmd = [sys.executable, "-m", "tunecraft", "serve", str(self.base), "--port", str(self.port),
                "--api-key", KEY, "--data-dir", str(self.data_dir)]
-        for item in _job_setting_args():
+        for item in JOB_SETTINGS:
             cmd += ["--job-setting", item]
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -82,10 +81,6 @@ class Server:
                 self.proc.kill()
 
 
-def _job_setting_args() -> list[str]:
-    return list(JOB_SETTINGS)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("service-data")
@@ -112,6 +107,15 @@ def _wait(client: openai.OpenAI, job_id: str, statuses: tuple[str, ...], timeout
             return job
         time.sleep(0.5)
     raise AssertionError(f"{job_id} still {job.status} after {timeout} s")
+
+
+def _start_job(server: Server, data: dict[str, Path], base: Path, epochs: int) -> tuple[openai.OpenAI, object, Path]:
+    """Upload the training file and create a job: (client, job, its run directory)."""
+    client = server.client()
+    training = client.files.create(file=open(data["train"], "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=training.id, model=str(base),
+                                         hyperparameters={"n_epochs": epochs})
+    return client, job, server.data_dir / "jobs" / job.id / "run"
 
 
 def _weights(run_dir: Path) -> dict:
@@ -260,11 +264,7 @@ def test_two_clients_at_once_get_two_jobs_queued_in_order(server: Server, data: 
 
 def test_pause_and_resume_continue_to_the_same_model(server: Server, data: dict[str, Path],
                                                      tiny_model_dir: Path) -> None:
-    client = server.client()
-    training = client.files.create(file=open(data["train"], "rb"), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(training_file=training.id, model=str(tiny_model_dir),
-                                         hyperparameters={"n_epochs": 3})
-    run = server.data_dir / "jobs" / job.id / "run"
+    client, job, run = _start_job(server, data, tiny_model_dir, 3)
     _wait_for_checkpoint(run, 2)
     paused = httpx.post(f"{server.url}/v1/fine_tuning/jobs/{job.id}/pause",
                         headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
@@ -358,11 +358,7 @@ def test_jobs_cli_mirrors_the_api(server: Server, data: dict[str, Path], tiny_mo
 
 def test_cancel_stops_a_running_child_within_seconds_and_keeps_its_checkpoint(
         server: Server, data: dict[str, Path], tiny_model_dir: Path) -> None:
-    client = server.client()
-    training = client.files.create(file=open(data["train"], "rb"), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(training_file=training.id, model=str(tiny_model_dir),
-                                         hyperparameters={"n_epochs": 50})
-    run = server.data_dir / "jobs" / job.id / "run"
+    client, job, run = _start_job(server, data, tiny_model_dir, 50)
     _wait_for_checkpoint(run, 3)
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     deadline = time.time() + 15

@@ -40,7 +40,8 @@ class _Child:
     log: Any  # the open log file the child writes to
     signalled_at: float | None = None
     events_offset: int = 0  # bytes of events.jsonl already mirrored
-    metrics_rows: int = 0
+    metrics_offset: int = 0  # bytes of metrics.jsonl already mirrored
+    total_steps: int | None = None  # from the run's "started" event
 
 
 @dataclass
@@ -263,22 +264,11 @@ class Runner:
         self._mirror_metrics(job_id, run, child)
 
     def _mirror_events(self, job_id: str, run: Path, child: _Child) -> None:
-        path = run / rundir.EVENTS
-        if not path.is_file():
-            return
-        with open(path, "rb") as fh:
-            fh.seek(child.events_offset)
-            data = fh.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
-        at = child.events_offset
-        child.events_offset += len(complete)
-        for raw in complete.splitlines(keepends=True):
-            offset, at = at, at + len(raw)
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
+        rows, child.events_offset = _new_rows(run / rundir.EVENTS, child.events_offset)
+        for offset, row in rows:
             kind = row.get("event", "event")
+            if kind == "started" and row.get("total_steps"):
+                child.total_steps = int(row["total_steps"])
             level = "error" if kind == "failed" else "info"
             # events.jsonl only grows: a line's byte offset names it across server restarts.
             self.store.add_event(job_id, f"run:{offset}", row.get("message", kind), level=level,
@@ -287,9 +277,9 @@ class Runner:
                 self.store.add_checkpoint(job_id, int(row["step"]), self._metrics_at(run, int(row["step"])))
 
     def _mirror_metrics(self, job_id: str, run: Path, child: _Child) -> None:
-        rows = rundir.read_metrics(run)
-        total = self._total_steps(run)
-        for row in rows[child.metrics_rows:]:
+        rows, child.metrics_offset = _new_rows(run / rundir.METRICS, child.metrics_offset)
+        total = child.total_steps
+        for _, row in rows:
             step = int(row.get("step", 0))
             if row.get("type") == "train":
                 data = {"step": step, "train_loss": row.get("loss"), "total_steps": total,
@@ -305,7 +295,6 @@ class Runner:
                                      f"Step {step}: validation loss={row.get('val_loss', float('nan')):.4f}, "
                                      f"token accuracy={row.get('val_token_accuracy', float('nan')):.3f}",
                                      type_="metrics", data=data)
-        child.metrics_rows = len(rows)
 
     def _progress(self, job_id: str, row: dict[str, Any], step: int, total: int | None) -> None:
         fields: dict[str, Any] = {"trained_tokens": int(row.get("tokens_seen", 0))}
@@ -313,13 +302,6 @@ class Runner:
         if total and step:
             fields["estimated_finish"] = int(time.time() + elapsed / step * (total - step))
         self.store.update_job(job_id, **fields)
-
-    @staticmethod
-    def _total_steps(run: Path) -> int | None:
-        for event in rundir.read_events(run):
-            if event.get("event") == "started" and event.get("total_steps"):
-                return int(event["total_steps"])
-        return None
 
     @staticmethod
     def _metrics_at(run: Path, step: int) -> dict[str, Any]:
@@ -334,3 +316,28 @@ class Runner:
                 metrics["valid_loss"] = row.get("val_loss")
                 metrics["valid_mean_token_accuracy"] = row.get("val_token_accuracy")
         return metrics
+
+
+def _new_rows(path: Path, offset: int) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """(byte offset, row) of the complete JSONL lines written since `offset`, and the new offset.
+
+    Reading from the last offset keeps each poll proportional to what was appended. A file
+    shorter than the offset was rewritten (a resume drops the metrics of steps it runs again):
+    read it from the start; the store's keys make rows already recorded a no-op.
+    """
+    if not path.is_file():
+        return [], offset
+    if path.stat().st_size < offset:
+        offset = 0
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+    rows, at = [], offset
+    for raw in complete.splitlines(keepends=True):
+        try:
+            rows.append((at, json.loads(raw)))
+        except json.JSONDecodeError:
+            pass
+        at += len(raw)
+    return rows, offset + len(complete)

@@ -143,8 +143,9 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         full = _disk_full(plan, exc)
         _record_failure(plan, st, log, str(full), st.step)
         raise full from exc
-    full = _full_validation(plan, rt, model, st, log) if status in ("finished", "early_stopped") else None
+    full = None
     if status in ("finished", "early_stopped"):
+        full = _full_validation(plan, rt, model, st, log)
         log.event(status, message, step=st.step)
     summary = _summary(plan, st, status, message)
     if full is not None:

@@ -226,7 +226,7 @@ def _settings(cfg: RunConfig) -> TrainSettings:
         max_length=need("data.max_length", cfg.data.max_length), warmup_ratio=tc.warmup_ratio,
         schedule=tc.schedule, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
         eval_every=need("train.eval_every", tc.eval_every), save_every=tc.save_every,
-        save_interval_s=tc.save_interval_s, eval_examples=min(need("train.eval_examples", tc.eval_examples) or 0, 10**9),
+        save_interval_s=tc.save_interval_s, eval_examples=need("train.eval_examples", tc.eval_examples),
         keep_checkpoints=tc.keep_checkpoints, patience=tc.patience,
         precision=need("train.precision", tc.precision), deterministic=tc.deterministic,
         engine=tc.engine, compile=need("train.compile", tc.compile), threads=need("train.threads", tc.threads),

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from processes import run_in_child
+from processes import die_between_renames, run_in_child
 from runs import train_config
 from safetensors.torch import load_file, save_file
 from tiny import write_chat_data
@@ -45,21 +45,6 @@ def make_cfg(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., Any]:
         return build_config(values={**base, **values})
 
     return make
-
-
-
-
-def die_between_renames() -> None:
-    """(In a child.) SIGKILL at the moment a temp dir is renamed onto a just-parked name."""
-    real = os.replace
-
-    def replace(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
-        s, d = Path(src), Path(dst)
-        if ".tmp-" in s.name and not d.exists() and any(d.parent.glob(f"{d.name}.old-*")):
-            os.kill(os.getpid(), signal.SIGKILL)
-        real(src, dst)
-
-    os.replace = replace  # type: ignore[assignment]
 
 
 def tiny_model(model_dir: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

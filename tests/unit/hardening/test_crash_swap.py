@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import run_in_child
+from processes import die_between_renames, run_in_child
 from safetensors.torch import load_file
 
 from tunecraft import durable, rundir
@@ -23,20 +23,6 @@ from tunecraft import durable, rundir
 
 def killed(status: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-
-
-def die_between_renames() -> None:
-    """(In a child.) SIGKILL this process the moment a temp directory is about to be renamed
-    onto a name whose previous version was just parked as `.old-*`: the window with no target."""
-    real = os.replace
-
-    def replace(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
-        s, d = Path(src), Path(dst)
-        if ".tmp-" in s.name and not d.exists() and any(d.parent.glob(f"{d.name}.old-*")):
-            os.kill(os.getpid(), signal.SIGKILL)
-        real(src, dst)
-
-    os.replace = replace  # type: ignore[assignment]
 
 
 def set_mode(mode: str) -> None:
