@@ -112,6 +112,7 @@ def train(
     method: Annotated[Optional[str], typer.Option("--method", help=describe("train.method"))] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", help=describe("train.epochs"))] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help=describe("train.max_steps"))] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help=describe("train.time_budget"))] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=describe("train.lr"))] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=describe("data.max_length"))] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=describe("train.batch_size"))] = None,
@@ -146,7 +147,8 @@ def train(
         args or [],
         {
             "model.name": model, "data.train": data, "data.val": val, "train.method": method,
-            "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
+            "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
+            "train.lr": lr,
             "data.max_length": max_length, "train.batch_size": batch_size, "train.seed": seed,
             "train.engine": engine, "train.out": out, "train.sharding": sharding,
         },

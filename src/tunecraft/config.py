@@ -13,11 +13,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunecraft.errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|min|s)?", re.IGNORECASE)
+_UNIT_S = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "30m", "1h30m", "90s", "1.5h" or a plain number of seconds; ValueError otherwise."""
+    cleaned = text.strip().lower().replace(" ", "")
+    parts = list(_DURATION.finditer(cleaned))
+    if not cleaned or "".join(m.group(0) for m in parts) != cleaned:
+        raise ValueError(f"{text!r} is not a duration: write e.g. 30m, 1h30m, 90s or 1800")
+    return sum(float(m.group(1)) * _UNIT_S[(m.group(2) or "")] for m in parts)
 
 
 class _Section(BaseModel):
@@ -56,6 +69,11 @@ class TrainConfig(_Section):
     method: Literal["auto", "lora", "full"] = Field("auto", description="lora or full fine-tuning (auto: from model size).")
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (auto: from data size).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (null: when the epochs end).")
+    time_budget: float | None = Field(
+        None, gt=0, description="Wall-clock budget for the whole run, e.g. 30m, 1h30m, 900s (stored in "
+        "seconds): a warm-up measures the step time, then epochs, evaluations and the LR schedule are "
+        "fitted so the run ends inside it (null: no budget).",
+    )
     lr: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (auto: from method).")
     lr_multiplier: float = Field(
         1.0, gt=0, le=10, description="Scales the learning rate, auto or given (OpenAI's learning_rate_multiplier)."
@@ -95,6 +113,11 @@ class TrainConfig(_Section):
         "ddp", description="Multi-process mode: 'ddp' replicates the model, 'fsdp' shards it (FSDP2) for larger models."
     )
     out: str | None = Field(None, description="Run directory (default: runs/<timestamp>).")
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 class EvalConfig(_Section):

@@ -63,6 +63,7 @@ SURFACE: Surface = {
             "method": ("--method",),
             "epochs": ("--epochs",),
             "max_steps": ("--max-steps",),
+            "time_budget": ("--time-budget",),
             "lr": ("--lr",),
             "max_length": ("--max-length",),
             "batch_size": ("--batch-size",),

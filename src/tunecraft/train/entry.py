@@ -74,7 +74,7 @@ def run_train(
     if int(os.environ.get("RANK", "0")) != 0:
         console = Console(quiet=True)
     cfg = resolve_config(args, values, resume)
-    plan, rt = build(cfg, on_status=console.print)
+    plan, rt = build(cfg, on_status=console.print, resume=resume)
     # On an error the process group is left as is: another rank may still be inside a
     # collective, and exiting (torchrun then stops the others) releases everything.
     if dry_run:

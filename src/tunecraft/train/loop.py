@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import signal
 import time
@@ -35,7 +36,7 @@ from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.lora import apply_lora
 from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
-from tunecraft.train.plan import Plan, TrainSettings, make_plan
+from tunecraft.train.plan import WRITE_BYTES_PER_S, Plan, TrainSettings, Warmup, fit_budget, make_plan
 from tunecraft.train.progress import Progress
 from tunecraft.train.runtime import Runtime, seed_everything, setup_runtime
 
@@ -93,11 +94,22 @@ class _StopSignal:
 # ----------------------------------------------------------------------------- entry
 
 
-def build(cfg: RunConfig, on_status: Any = None) -> tuple[Plan, Runtime]:
-    """The plan (nothing left on auto) and the runtime it asks for."""
+def build(cfg: RunConfig, on_status: Any = None, resume: bool = False) -> tuple[Plan, Runtime]:
+    """The plan (nothing left on auto) and the runtime it asks for.
+
+    With `train.time_budget`, a short warm-up measures the step time and the plan is refitted
+    to end inside the budget (a resumed run keeps the plan it recorded in config.yaml).
+    """
+    t0 = time.perf_counter()
     plan = make_plan(cfg, on_status=on_status)
     s = plan.settings
     rt = setup_runtime(s.precision, s.deterministic, s.threads, s.sharding)
+    if s.time_budget_s is not None and not resume:
+        if on_status is not None:
+            on_status("measuring a warm-up to fit the time budget ...")
+        # Every rank fits the same plan: rank 0's measurement decides (as text: nothing pickled).
+        step_s, load_s, state_bytes = json.loads(rt.dist.agree(json.dumps(warm_up(plan, rt))))
+        plan = fit_budget(cfg, plan, Warmup(step_s, load_s, state_bytes, time.perf_counter() - t0))
     # Every rank uses rank 0's run directory (a default one is named after the start time,
     # which may differ by a second between ranks).
     agreed = Path(rt.dist.agree(str(plan.run_dir)))
@@ -131,9 +143,10 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     if kernels is not None:
         log.event("kernels", f"linear layers: {kernels.reason}", onednn=kernels.onednn)
     progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
+    budget = _Budget.of(plan, sum(startup.values()), trainable)
     try:
         with _StopSignal() as stop, progress:
-            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress)
+            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress, budget)
     except TrainingFailed as exc:
         _record_failure(plan, st, log, str(exc), st.step + 1)
         raise
@@ -178,17 +191,26 @@ def _disk_full(plan: Plan, exc: BaseException) -> DiskFullError:
 
 def measure_step_time(plan: Plan, rt: Runtime, steps: int = 3) -> float:
     """Median seconds per optimizer step over a short warm-up (weights are thrown away)."""
+    return warm_up(plan, rt, steps)[0]
+
+
+def warm_up(plan: Plan, rt: Runtime, steps: int = 3) -> tuple[float, float, int]:
+    """(median seconds per step, seconds to load the model, bytes a checkpoint writes), measured
+    on `steps` real steps after a first one that pays one-time costs; the weights are thrown away."""
     s = plan.settings
     seed_everything(s.seed)
+    t0 = time.perf_counter()
     model, _ = build_model(plan, rt)
+    load_s = time.perf_counter() - t0
     optimizer = build_optimizer(_trainable(model), s.lr, 0.0, True)
     times = []
     for indices in plan_steps(len(plan.train), s.batch_size, steps + 1, s.seed):
-        t0 = time.time()
+        t0 = time.perf_counter()
         train_step(model, optimizer, step_batches(plan, indices, rt), s, rt)
-        times.append(time.time() - t0)
+        times.append(time.perf_counter() - t0)
     warm = sorted(times[1:]) or times  # the first step pays one-time costs
-    return warm[len(warm) // 2]
+    trainable = sum(p.numel() for p in _trainable(model))
+    return warm[len(warm) // 2], load_s, trainable * 4 * 3  # fp32 weights + AdamW's two moments
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -334,6 +356,7 @@ def _run_steps(
     log: rundir.RunLog,
     stop: _StopSignal,
     progress: Progress,
+    budget: _Budget | None = None,
 ) -> tuple[str, str]:
     s = plan.settings
     warmup = int(round(s.warmup_ratio * plan.total_steps))
@@ -351,11 +374,13 @@ def _run_steps(
         # Every rank's counts, one stop vote so that all ranks stop (and checkpoint) together, and
         # rank 0's clock for the checkpoint cadence (clocks differ a little between ranks).
         due = s.save_every is None and rt.is_main and time.time() - t_saved >= s.save_interval_s
-        n_loss, n_tok, n_run, votes, due_votes = rt.dist.sum(
+        late = (budget is not None and rt.is_main and st.step < plan.total_steps
+                and budget.out_of_time(time.time() - t_start, dt_step))
+        n_loss, n_tok, n_run, votes, due_votes, late_votes = rt.dist.sum(
             [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches),
-             sum(b.n_computed for b in batches), stop.received is not None, due]
+             sum(b.n_computed for b in batches), stop.received is not None, due, late]
         )
-        stopping = votes > 0
+        stopping, out_of_time = votes > 0, late_votes > 0
         st.tokens += int(n_loss)
         st.tokens_seen += int(n_tok)
         st.tokens_computed += int(n_run)
@@ -367,10 +392,13 @@ def _run_steps(
             tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3),
         )
         progress.update(st.step, loss, n_tok / dt_step)
-        last = st.step == plan.total_steps
+        last = st.step == plan.total_steps or out_of_time
         stopped_early = False
         if st.step % s.eval_every == 0 or last:
+            t0 = time.time()
             stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
+            if budget is not None:
+                budget.evaluated(time.time() - t0, len(plan.eval_indices))
         on_cadence = st.step % s.save_every == 0 if s.save_every is not None else due_votes > 0
         if on_cadence or last or stopped_early or stopping:
             t0 = time.time()
@@ -381,6 +409,8 @@ def _run_steps(
             )
             t_saved = time.time()
             st.checkpoint_s += t_saved - t0
+            if budget is not None:
+                budget.checkpointed(t_saved - t0)
             if path is not None:
                 log.event("checkpoint", f"saved {path.name}", step=st.step)
         if stopped_early:
@@ -393,10 +423,50 @@ def _run_steps(
             msg = f"{name} received: stopped at step {st.step}; resume with --resume"
             log.event("interrupted", msg, step=st.step)
             return "interrupted", msg
+        if out_of_time:
+            msg = (f"time budget reached: stopped at step {st.step} of {plan.total_steps} with a "
+                   f"checkpoint (continue with --resume); best step {st.best_step} (val loss "
+                   f"{st.best_val_loss:.4f}) kept as model/")
+            log.event("time_budget", msg, step=st.step)
+            st.elapsed_s = time.time() - t_start
+            return "finished", msg
     st.elapsed_s = time.time() - t_start
     return "finished", (
         f"{st.step} steps; best step {st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
     )
+
+
+class _Budget:
+    """Stops the steps before the next one would end past the time budget, leaving room for
+    the last evaluation, the full validation pass and the final checkpoint (measured as they
+    happen; estimated until then)."""
+
+    def __init__(self, limit_s: float, n_eval: int, n_val: int, state_bytes: int, batch_size: int) -> None:
+        self.limit_s = limit_s  # seconds of training (st.elapsed_s) this process may use
+        self.n_eval, self.n_val, self.batch_size = n_eval, n_val, batch_size
+        self.eval_s_per_example: float | None = None
+        self.checkpoint_s = state_bytes / WRITE_BYTES_PER_S
+
+    @classmethod
+    def of(cls, plan: Plan, startup_s: float, trainable: int) -> _Budget | None:
+        s = plan.settings
+        if s.time_budget_s is None:
+            return None
+        n_full = len(plan.val) if len(plan.eval_indices) < len(plan.val) else 0
+        return cls(s.time_budget_s - startup_s, len(plan.eval_indices), n_full, trainable * 4 * 3, s.batch_size)
+
+    def evaluated(self, seconds: float, examples: int) -> None:
+        self.eval_s_per_example = seconds / max(1, examples)
+
+    def checkpointed(self, seconds: float) -> None:
+        self.checkpoint_s = seconds
+
+    def out_of_time(self, elapsed_s: float, step_s: float) -> bool:
+        per_example = self.eval_s_per_example
+        if per_example is None:  # no evaluation yet: a forward is ~1/3 of a training step
+            per_example = step_s / self.batch_size / 3
+        tail = per_example * (self.n_eval + self.n_val) + self.checkpoint_s
+        return elapsed_s + step_s + tail > self.limit_s
 
 
 def train_step(
@@ -548,6 +618,7 @@ def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str
         "best_val_loss": None if math.isinf(st.best_val_loss) else st.best_val_loss,
         "final_train_loss": None if math.isnan(st.last_train_loss) else st.last_train_loss,
         "n_params": plan.n_params,
+        "time_budget_s": plan.settings.time_budget_s,
         # Where the wall time went (seconds): the rest of wall_s is the optimizer steps themselves.
         "time_breakdown": {"eval_s": round(st.eval_s, 2), "checkpoint_s": round(st.checkpoint_s, 2),
                            "steps_s": round(max(0.0, st.elapsed_s - st.eval_s - st.checkpoint_s), 2)},

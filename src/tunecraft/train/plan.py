@@ -55,6 +55,7 @@ class TrainSettings:
     eval_examples: int  # validation examples per intermediate evaluation
     keep_checkpoints: int
     patience: int | None  # None: no early stopping
+    time_budget_s: float | None  # None: no wall-clock budget
     precision: Literal["fp32", "bf16"]  # the compute precision actually used
     deterministic: bool
     engine: Literal["fast", "reference"]
@@ -227,7 +228,7 @@ def _settings(cfg: RunConfig) -> TrainSettings:
         schedule=tc.schedule, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
         eval_every=need("train.eval_every", tc.eval_every), save_every=tc.save_every,
         save_interval_s=tc.save_interval_s, eval_examples=need("train.eval_examples", tc.eval_examples),
-        keep_checkpoints=tc.keep_checkpoints, patience=tc.patience,
+        keep_checkpoints=tc.keep_checkpoints, patience=tc.patience, time_budget_s=tc.time_budget,
         precision=need("train.precision", tc.precision), deterministic=tc.deterministic,
         engine=tc.engine, compile=need("train.compile", tc.compile), threads=need("train.threads", tc.threads),
         sharding=tc.sharding,
@@ -289,3 +290,87 @@ def total_steps(epochs: float, n_train: int, batch_size: int, max_steps: int | N
     per_epoch = steps_per_epoch(n_train, batch_size)
     total = max(1, math.ceil(epochs * per_epoch - 1e-9))
     return min(total, max_steps) if max_steps is not None else total
+
+
+# ----------------------------------------------------------------------------- time budget
+
+BUDGET_MAX_EPOCHS = 5.0  # a generous budget on small data still stops here (early stopping guards the rest)
+BUDGET_MARGIN = 0.03  # of the budget: the step time measured in a short warm-up drifts a little
+EVAL_SHARE = 0.05  # the evaluation subsample is sized to ~5% of the steps' compute (auto.choose_eval_examples)
+WRITE_BYTES_PER_S = 150e6  # a conservative disk write rate for the checkpoint estimate
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """What a short warm-up measured, for fitting a run into its time budget."""
+
+    step_s: float  # median seconds per optimizer step
+    load_s: float  # seconds to load the model (the run pays it again)
+    state_bytes: int  # bytes a checkpoint writes (trainable weights and AdamW's two moments)
+    spent_s: float  # seconds of the budget already spent (planning and the warm-up)
+
+
+def _budget_steps(plan: Plan, warm: Warmup) -> tuple[int, str]:
+    """How many optimizer steps fit in the budget, and the arithmetic behind it."""
+    s, budget = plan.settings, float(plan.settings.time_budget_s or 0.0)
+    forward_per_example = warm.step_s / max(1, s.batch_size) / 3  # a forward is ~1/3 of a step
+    final_val_s = len(plan.val) * forward_per_example  # the full pass at the end
+    checkpoint_s = warm.state_bytes / WRITE_BYTES_PER_S
+    fixed = warm.spent_s + warm.load_s + final_val_s + checkpoint_s + BUDGET_MARGIN * budget
+    # Periodic checkpoints come on top, one per save_interval_s (none when save_every is set).
+    per_step = warm.step_s * (1 + EVAL_SHARE)
+    if s.save_every is None:
+        per_step += warm.step_s * checkpoint_s / s.save_interval_s
+    steps = int((budget - fixed) // per_step)
+    why = (f"{warm.step_s:.2f} s per step (median of a warm-up); {warm.spent_s:.0f} s spent planning and "
+           f"warming up, {warm.load_s:.0f} s to load, ~{final_val_s:.0f} s for the final validation, "
+           f"~{checkpoint_s:.0f} s per checkpoint, {BUDGET_MARGIN:.0%} margin, evaluations "
+           f"~{EVAL_SHARE:.0%} of the steps")
+    if steps < 1:
+        raise ConfigError(
+            f"train.time_budget: {budget:.0f} s does not fit one optimizer step ({why}); give a "
+            "larger --time-budget, or fewer validation examples"
+        )
+    return steps, why
+
+
+def fit_budget(cfg: RunConfig, plan: Plan, warm: Warmup) -> Plan:
+    """The plan re-decided to end inside `train.time_budget`, from a measured warm-up.
+
+    `cfg` is the user's config (what was on auto there may be re-chosen); epochs, the step
+    count (hence the LR schedule's length: its decay ends at the budget) and the evaluation
+    cadence follow from how many steps fit. Values the user set are kept, only capped.
+    """
+    fit, why = _budget_steps(plan, warm)
+    tc, s = cfg.train, plan.settings
+    per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
+    asked = tc.epochs is not None or tc.max_steps is not None
+    wanted = plan.total_steps if asked else math.ceil(BUDGET_MAX_EPOCHS * per_epoch)
+    total = min(wanted, fit)
+    decided = plan.config.model_copy(deep=True)
+    decided.train.max_steps = total
+    if tc.epochs is None:
+        decided.train.epochs = round(total / per_epoch, 4)
+    budget = f"{s.time_budget_s:.0f} s"
+    if total < wanted:
+        reason = f"{total} of {wanted} steps fit the time budget of {budget}: {why}"
+    else:
+        reason = (f"the {wanted} steps asked for fit the time budget of {budget}" if asked else
+                  f"{BUDGET_MAX_EPOCHS:g} epochs ({wanted} steps) fit the time budget of {budget}, the most "
+                  f"auto trains for; early stopping ends it sooner if validation turns") + f" ({why})"
+    choices = [c for c in plan.choices 
+               if c.field not in ("train.epochs", "train.eval_every", "train.eval_examples", "train.save_every")]
+    choices.append(auto.Choice("train.max_steps", total, reason))
+    if tc.epochs is None:
+        choices.append(auto.Choice("train.epochs", decided.train.epochs,
+                                   f"{total} steps of {s.batch_size} examples over {len(plan.train)} examples"))
+    for field_name in ("eval_every", "eval_examples"):
+        if getattr(tc, field_name) is None:
+            setattr(decided.train, field_name, None)
+    choices += _resolve_cadence(decided, total, len(plan.val))
+    settings = _settings(decided)
+    return dataclasses.replace(
+        plan, config=decided, settings=settings, total_steps=total, choices=tuple(choices),
+        eval_indices=eval_subsample(len(plan.val), settings.eval_examples, settings.seed),
+        timings={**plan.timings, "warmup_s": round(warm.spent_s - sum(plan.timings.values()), 3)},
+    )
