@@ -121,6 +121,7 @@ def train(
     out: Annotated[Optional[str], typer.Option("--out", "-o", help=describe("train.out"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and a measured time estimate; train nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as one JSON object.")] = False,
     sharding: Annotated[Optional[str], typer.Option("--sharding", help=describe("train.sharding"), rich_help_panel=_DIST)] = None,
     nproc_per_node: Annotated[Optional[str], typer.Option("--nproc-per-node", help="Processes on this machine (one per GPU); runs under torchrun.", rich_help_panel=_DIST)] = None,
     nnodes: Annotated[Optional[str], typer.Option("--nnodes", help="Machines taking part (torchrun).", rich_help_panel=_DIST)] = None,
@@ -155,6 +156,7 @@ def train(
         resume=resume,
         dry_run=dry_run,
         console=console,
+        as_json=as_json,
     )
     raise typer.Exit(code)
 

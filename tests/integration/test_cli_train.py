@@ -92,3 +92,18 @@ def test_dry_run_prints_plan_and_estimate(tiny_model_dir: Path, tmp_path: Path) 
     for word in ("training plan", "optimizer steps", "estimate", "method"):
         assert word in res.stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_json_is_one_object_with_the_auto_reasons_and_the_estimate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = write_chat_data(tmp_path / "train.jsonl", 40)
+    res = _run("train", "--model", str(tiny_model_dir), "--data", str(data), "--dry-run", "--json",
+               "--out", str(tmp_path / "r"), "train.lr=2e-3")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)  # stdout is the JSON alone
+    assert plan["lr"] == 2e-3 and plan["total_steps"] >= 1 and plan["step_s"] > 0
+    assert plan["estimated_s"] == plan["step_s"] * plan["total_steps"]
+    chosen = {c["field"]: c for c in plan["choices"]}
+    assert "train.lr" not in chosen and chosen["train.method"]["reason"]  # given values are not auto
+    assert not (tmp_path / "r").exists()
+    refused = _run("train", "--model", str(tiny_model_dir), "--data", str(data), "--json")
+    assert refused.returncode != 0 and "--dry-run" in refused.stdout + refused.stderr

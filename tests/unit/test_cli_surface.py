@@ -72,9 +72,10 @@ SURFACE: Surface = {
             "out": ("--out", "-o"),
             "resume": ("--resume",),
             "dry_run": ("--dry-run",),
+            "as_json": ("--json",),
             **_DIST,
         },
-        {"--resume", "--dry-run"},
+        {"--resume", "--dry-run", "--json"},
         set(),
     ),
     "serve": (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -56,16 +57,23 @@ def _asked_for_remote_code(overrides: list[str]) -> bool:
 
 
 def run_train(
-    args: list[str], values: dict[str, Any], resume: bool, dry_run: bool, console: Console
+    args: list[str], values: dict[str, Any], resume: bool, dry_run: bool, console: Console,
+    as_json: bool = False,
 ) -> int:
     """Returns the process exit code: 0 done, 1 failed, 130 interrupted (resumable).
 
     Under torchrun every rank runs this; only rank 0 prints (errors still print on any rank).
+    `as_json` (with `dry_run`): the plan as one JSON object on stdout, progress on stderr.
     """
     import transformers
 
     from tunecraft.train.loop import build, measure_step_time, train
-    from tunecraft.train.show import print_outcome, print_plan
+    from tunecraft.train.show import plan_json, print_outcome, print_plan
+
+    if as_json and not dry_run:
+        raise ConfigError("--json prints the plan of a --dry-run; add --dry-run")
+    if as_json:  # stdout carries the JSON alone
+        console = Console(stderr=True)
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -80,7 +88,10 @@ def run_train(
     if dry_run:
         step_s = measure_step_time(plan, rt)
         rt.dist.shutdown()
-        print_plan(plan, console, step_s=step_s)
+        if as_json:
+            print(json.dumps(plan_json(plan, step_s), default=str), flush=True)
+        else:
+            print_plan(plan, console, step_s=step_s)
         return 0
     if not resume:
         print_plan(plan, console)

@@ -51,6 +51,22 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
             console.print(f"  {choice.field} = {choice.value}  [dim]# {choice.reason}[/]", highlight=False)
 
 
+def plan_json(plan: Plan, step_s: float | None = None) -> dict[str, Any]:
+    """The plan as `train --dry-run --json` prints it (what the dashboard's New job page shows)."""
+    s = plan.settings
+    return {
+        "base_model": s.base_model, "n_params": plan.n_params, "method": s.method,
+        "train_examples": len(plan.train), "val_examples": len(plan.val),
+        "train_tokens": plan.train_tokens, "loss_tokens": plan.train_loss_tokens,
+        "total_steps": plan.total_steps, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+        "schedule": s.schedule, "max_length": s.max_length, "eval_every": s.eval_every,
+        "precision": s.precision, "engine": s.engine, "time_budget_s": s.time_budget_s,
+        "step_s": step_s, "estimated_s": step_s * plan.total_steps if step_s is not None else None,
+        "estimate": f"~{_fmt_duration(step_s * plan.total_steps)}" if step_s is not None else None,
+        "choices": [{"field": c.field, "value": c.value, "reason": c.reason} for c in plan.choices],
+    }
+
+
 def print_outcome(summary: dict[str, Any], run_dir: Any, console: Console) -> None:
     status = summary["status"]
     colour = {"finished": "green", "early_stopped": "green", "interrupted": "yellow"}.get(status, "red")
