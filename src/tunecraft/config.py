@@ -54,6 +54,11 @@ class DataConfig(_Section):
         "chat template (what `chat` and `serve` use), 'raw' concatenates; auto = chat when the model has one.",
     )
     system_prompt: str | None = Field(None, description="System message added to rows that have none.")
+    reject_label: str | None = Field(
+        None, description="The label meaning 'none of the others' in a closed-label task (auto: "
+        "out_of_scope or other when the label set has one): answers below a confidence threshold, "
+        "calibrated on validation, become it.",
+    )
 
 
 class LoraConfig(_Section):
@@ -65,8 +70,21 @@ class LoraConfig(_Section):
     )
 
 
+class DpoConfig(_Section):
+    beta: float = Field(0.1, gt=0, le=10, description="DPO beta: how far the tuned model may move from the "
+                        "reference (lower: further).")
+    sft_weight: float = Field(0.0, ge=0, le=10, description="Weight of the chosen answers' supervised "
+                              "cross-entropy added to the DPO loss (0: pure DPO).")
+
+
 class TrainConfig(_Section):
-    method: Literal["auto", "lora", "full"] = Field("auto", description="lora or full fine-tuning (auto: from model size).")
+    method: Literal["auto", "lora", "full"] = Field(
+        "auto", description="lora or full fine-tuning (auto: from model size); --method dpo means "
+        "train.objective=dpo (preference tuning, with LoRA or full weights as train.method says).")
+    objective: Literal["sft", "dpo"] = Field(
+        "sft", description="sft: learn the answers (supervised); dpo: learn which answer of a "
+        "preference pair is better (needs preference data).")
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="Preference tuning (train.objective=dpo).")
     epochs: float | None = Field(None, gt=0, description="Passes over the training data (auto: from data size).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (null: when the epochs end).")
     time_budget: float | None = Field(
@@ -282,10 +300,12 @@ def load_config(path: Path) -> RunConfig:
 
 
 def _field(key: str) -> Any:
-    """The pydantic FieldInfo of a dotted key (`train.lr`)."""
-    section, name = key.split(".")
-    model = RunConfig.model_fields[section].annotation
-    assert isinstance(model, type) and issubclass(model, BaseModel), key
+    """The pydantic FieldInfo of a dotted key (`train.lr`, `train.dpo.beta`)."""
+    *sections, name = key.split(".")
+    model: Any = RunConfig
+    for section in sections:
+        model = model.model_fields[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel), key
     return model.model_fields[name]
 
 
@@ -302,11 +322,21 @@ def settings_help(sections: tuple[str, ...] = ("model", "data", "lora", "train")
     for section in sections:
         model = RunConfig.model_fields[section].annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
-        for name, info in model.model_fields.items():
-            default = info.get_default(call_default_factory=True)
-            if default is None:
-                shown = "auto" if "auto" in (info.description or "") else "null"
-            else:
-                shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            rows.append((f"{section}.{name}={shown}", info.description or ""))
+        rows += _section_help(section, model)
+    return rows
+
+
+def _section_help(prefix: str, model: type[BaseModel]) -> list[tuple[str, str]]:
+    """Rows of one section; a nested section (train.dpo) lists its own keys."""
+    rows = []
+    for name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            rows += _section_help(f"{prefix}.{name}", type(default))
+            continue
+        if default is None:
+            shown = "auto" if "auto" in (info.description or "") else "null"
+        else:
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append((f"{prefix}.{name}={shown}", info.description or ""))
     return rows

@@ -1,0 +1,267 @@
+"""Decoding constrained to a closed label set: a token trie and a tree-attention scorer.
+
+Each label is the token sequence training taught for it (the answer segment exactly as the chat
+template renders and training tokenized it) ending in the end-of-turn token, so no label's
+sequence is a prefix of another's and every path from the root to a leaf is one label.
+
+`score_labels` gives every label its full sequence log-probability, log p(label | prompt) summed
+over its tokens with each token's log-softmax over the whole vocabulary, and the probability over
+the set is a softmax over those. Cost: one forward pass over the (left-padded) prompts with a KV
+cache, then a few rounds over trie nodes only: each round feeds every node whose parent is scored
+in one forward pass, with a 4-D attention mask that lets a node see its row's prompt, its
+ancestors and itself (positions = prompt length + depth), so branches share their prefix's cache.
+
+Pruning (`margin`): a greedy walk down the trie first gives a complete label; a branch whose
+prefix log-prob is already `margin` nats below the best complete label cannot win (a prefix's
+log-prob bounds every label under it), so it is not expanded, and its labels keep that bound as
+their score (`exact` false). With `margin=None` every label is scored exactly. The answer is the
+most probable label, which pruning never changes; its probability is off by at most the pruned
+mass (below e^-margin per pruned label, relative to the best).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunecraft.data.render import chat_segments, use_chat
+
+PRUNE_MARGIN = 12.0  # nats: a branch e^-12 (6e-6) times less likely than the best label is not expanded
+
+
+# ----------------------------------------------------------------------------- the trie
+
+
+def label_token_ids(tokenizer: Any, label: str, template: str, eos_ids: Sequence[int]) -> list[int]:
+    """The tokens training taught for answering `label`: its answer segment, end-of-turn included."""
+    if use_chat(tokenizer, template):  # type: ignore[arg-type]
+        messages = [{"role": "user", "content": "x", "weight": 1}, {"role": "assistant", "content": label, "weight": 1}]
+        segment = next(text for text, loss in chat_segments(tokenizer, messages) if loss)
+    else:
+        segment = label + (tokenizer.eos_token or "")
+    ids = list(tokenizer(segment, add_special_tokens=False)["input_ids"])
+    if not ids or ids[-1] not in eos_ids:
+        ids.append(int(eos_ids[0]))
+    return ids
+
+
+@dataclass
+class LabelTrie:
+    """Nodes are label-token prefixes; node i holds token[i] at depth[i] under parent[i] (-1: root)."""
+
+    labels: tuple[str, ...]
+    sequences: tuple[tuple[int, ...], ...]
+    token: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    children: list[dict[int, int]] = field(default_factory=list)
+    label_of: list[int] = field(default_factory=list)  # the label a leaf ends, else -1
+    root: dict[int, int] = field(default_factory=dict)  # first token -> node
+    leaf: list[int] = field(default_factory=list)  # label index -> its last node
+
+    @classmethod
+    def build(cls, labels: Sequence[str], sequences: Sequence[Sequence[int]]) -> LabelTrie:
+        trie = cls(tuple(labels), tuple(tuple(s) for s in sequences))
+        seen: dict[tuple[int, ...], str] = {}
+        for idx, seq in enumerate(trie.sequences):
+            if not seq:
+                raise ValueError(f"label {labels[idx]!r} has no tokens")
+            if seq in seen:
+                raise ValueError(f"labels {seen[seq]!r} and {labels[idx]!r} tokenize to the same tokens")
+            seen[seq] = labels[idx]
+            level, parent = trie.root, -1
+            for d, tok in enumerate(seq):
+                node = level.get(tok)
+                if node is None:
+                    node = len(trie.token)
+                    trie.token.append(int(tok))
+                    trie.parent.append(parent)
+                    trie.depth.append(d)
+                    trie.children.append({})
+                    trie.label_of.append(-1)
+                    level[tok] = node
+                if d == len(seq) - 1:
+                    if trie.children[node] or trie.label_of[node] >= 0:
+                        raise ValueError(f"label {labels[idx]!r}: its tokens are a prefix of another label's")
+                    trie.label_of[node] = idx
+                    trie.leaf.append(node)
+                elif trie.label_of[node] >= 0:
+                    raise ValueError(f"label {labels[idx]!r}: another label's tokens are a prefix of it")
+                level, parent = trie.children[node], node
+        return trie
+
+    def allowed(self, prefix: Sequence[int]) -> set[int]:
+        """Tokens that may follow `prefix` (empty once a label is complete; ValueError off the trie)."""
+        level = self.root
+        for tok in prefix:
+            if tok not in level:
+                raise ValueError(f"token {tok} after {list(prefix)} is on no label's path")
+            level = self.children[level[tok]]
+        return set(level)
+
+    def path(self, label: int) -> list[int]:
+        """Nodes from the first token to the label's leaf."""
+        out, node = [], self.leaf[label]
+        while node >= 0:
+            out.append(node)
+            node = self.parent[node]
+        return out[::-1]
+
+
+def build_trie(tokenizer: Any, labels: Sequence[str], template: str, eos_ids: Sequence[int]) -> LabelTrie:
+    return LabelTrie.build(labels, [label_token_ids(tokenizer, lab, template, eos_ids) for lab in labels])
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class LabelScores:
+    """One prompt's scores over the label set."""
+
+    logprobs: list[float]  # per label: its sequence log-prob (an upper bound where not exact)
+    probs: list[float]  # softmax of `logprobs`: sums to 1
+    exact: list[bool]
+    token_logprob: dict[int, float]  # node -> log-prob of its token given the prompt and its prefix
+    top_logprobs: dict[int, dict[int, float]]  # node -> top-k tokens of the distribution that chose it
+
+    @property
+    def best(self) -> int:
+        return max(range(len(self.probs)), key=lambda i: (self.logprobs[i], -i))
+
+
+@dataclass
+class _Row:
+    cum: dict[int, float] = field(default_factory=dict)  # node -> prefix log-prob through it
+    tok: dict[int, float] = field(default_factory=dict)
+    top: dict[int, dict[int, float]] = field(default_factory=dict)
+    slot: dict[int, int] = field(default_factory=dict)  # fed node -> its KV-cache position
+    best: float = -math.inf  # best complete label log-prob so far
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _record(trie: LabelTrie, row: _Row, parent: int, logp: torch.Tensor, top_k: int) -> None:
+    """Scores of `parent`'s children from the (V,) log-softmax after it (-1: after the prompt)."""
+    kids = trie.root if parent < 0 else trie.children[parent]
+    base = 0.0 if parent < 0 else row.cum[parent]
+    toks = list(kids)
+    values = logp[torch.tensor(toks, device=logp.device)].tolist()
+    top = None
+    if top_k > 0:
+        tv, ti = torch.topk(logp, top_k)
+        top = dict(zip(ti.tolist(), tv.tolist()))
+    for tok, value in zip(toks, values):
+        node = kids[tok]
+        row.tok[node] = value
+        row.cum[node] = base + value
+        if top is not None:
+            row.top[node] = top
+        if trie.label_of[node] >= 0:
+            row.best = max(row.best, row.cum[node])
+
+
+def _feed(module: Any, cache: Any, trie: LabelTrie, rows: list[_Row], todo: list[list[int]], prompt_mask: torch.Tensor,
+          prompt_len: list[int], kv_len: int, pad_id: int, top_k: int) -> int:
+    """One forward pass over each row's `todo` nodes (tree attention); returns the new cache length."""
+    b, k = len(rows), max(len(t) for t in todo)
+    device = prompt_mask.device
+    ids = torch.full((b, k), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, k), dtype=torch.long)
+    mask = torch.zeros((b, 1, k, kv_len + k), dtype=torch.bool)
+    mask[:, 0, :, : prompt_mask.shape[1]] = prompt_mask.bool().cpu()[:, None, :]
+    for r, nodes in enumerate(todo):
+        for q in range(k):
+            mask[r, 0, q, kv_len + q] = True  # itself (padding queries too: no row may be all masked)
+        for q, node in enumerate(nodes):
+            ids[r, q] = trie.token[node]
+            pos[r, q] = prompt_len[r] + trie.depth[node]
+            up = trie.parent[node]
+            while up >= 0:
+                mask[r, 0, q, rows[r].slot[up]] = True
+                up = trie.parent[up]
+    out = module(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                 cache=cache, use_cache=True)
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # (B, K, V)
+    for r, nodes in enumerate(todo):
+        for q, node in enumerate(nodes):
+            rows[r].slot[node] = kv_len + q
+            _record(trie, rows[r], node, logp[r, q], top_k)
+    return kv_len + k
+
+
+def _greedy_todo(trie: LabelTrie, row: _Row) -> list[int]:
+    """The next node of the greedy walk: the best known unfed inner node on the walk's path."""
+    level, node = trie.root, -1
+    while level:
+        node = max(level.values(), key=lambda n: row.tok.get(n, -math.inf))
+        if trie.label_of[node] >= 0:
+            return []
+        if node not in row.slot:
+            return [node]
+        level = trie.children[node]
+    return []
+
+
+def _frontier(trie: LabelTrie, row: _Row, margin: float | None, keep: set[int]) -> list[int]:
+    """Scored, unfed inner nodes still able to hold the best label (or on a kept label's path)."""
+    return [n for n, c in row.cum.items()
+            if n not in row.slot and trie.children[n]
+            and (margin is None or c >= row.best - margin or n in keep)]
+
+
+@torch.inference_mode()
+def score_labels(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie, pad_id: int,
+                 device: torch.device | str, margin: float | None = PRUNE_MARGIN, top_k: int = 0,
+                 keep: Sequence[int] = ()) -> list[LabelScores]:
+    """Every label's sequence log-prob after each prompt (a batch; see the module docstring).
+
+    `keep`: label indices always scored exactly (the reject label, whose tokens may be answered).
+    """
+    from transformers import DynamicCache
+
+    assert prompts and all(prompts)
+    device = torch.device(device)
+    ids, mask = _left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=module.config)
+    out = module(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
+    rows = [_Row() for _ in prompts]
+    for r, row in enumerate(rows):
+        _record(trie, row, -1, first[r], top_k)
+    prompt_len = [len(p) for p in prompts]
+    kept = {n for lab in keep for n in trie.path(lab)}
+    kv_len = ids.shape[1]
+    if margin is not None:  # a complete label first, so that pruning has a bound to prune against
+        while any(todo := [_greedy_todo(trie, row) for row in rows]):
+            kv_len = _feed(module, cache, trie, rows, todo, mask, prompt_len, kv_len, pad_id, top_k)
+    while any(todo := [_frontier(trie, row, margin, kept) for row in rows]):
+        kv_len = _feed(module, cache, trie, rows, todo, mask, prompt_len, kv_len, pad_id, top_k)
+    return [_scores(trie, row) for row in rows]
+
+
+def _scores(trie: LabelTrie, row: _Row) -> LabelScores:
+    logprobs, exact = [], []
+    for leaf in trie.leaf:
+        node = leaf
+        while node not in row.cum:  # pruned: the deepest scored prefix bounds it
+            node = trie.parent[node]
+        logprobs.append(row.cum[node])
+        exact.append(node == leaf)
+    top = max(logprobs)
+    weights = [math.exp(x - top) for x in logprobs]
+    total = sum(weights)
+    return LabelScores(logprobs, [w / total for w in weights], exact, row.tok, row.top)
