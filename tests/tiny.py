@@ -108,3 +108,28 @@ def write_chat_data(path: Path, n: int, seed: int = 0) -> Path:
             row = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
             fh.write(json.dumps(row) + "\n")
     return path
+
+
+def write_preference_data(path: Path, n: int, seed: int = 0, layout: str = "trl") -> Path:
+    """Deterministic preference pairs: a user message, its intent preferred to another one.
+
+    `layout`: "trl" ({"prompt", "chosen", "rejected"} strings) or "openai" (OpenAI's
+    {"input": {"messages"}, "preferred_output", "non_preferred_output"}).
+    """
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            intent = rng.choice(INTENTS)
+            wrong = rng.choice([x for x in INTENTS if x != intent])
+            user = f"{rng.choice(_OPENERS)}, about my {intent.replace('_', ' ')} (ticket {i})"
+            if layout == "openai":
+                row = {"input": {"messages": [{"role": "user", "content": user}]},
+                       "preferred_output": [{"role": "assistant", "content": intent}],
+                       "non_preferred_output": [{"role": "assistant", "content": wrong}]}
+            else:
+                row = {"prompt": user, "chosen": intent, "rejected": wrong}
+            fh.write(json.dumps(row) + "\n")
+    return path

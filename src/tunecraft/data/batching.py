@@ -181,18 +181,25 @@ def _flat_batch(group: list[TokenizedExample], share_prefix: bool) -> Batch:
         labels += shifted_labels(e.labels)[prefix:n]
         positions += range(prefix, n)
         spans.append(list(range(prefix)) + list(range(at, at + n - prefix)))
-    layout = _layout(spans, len(ids), prefix)
+    layout = doc_layout(spans, len(ids), prefix)
     tensor = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731  (1, T)
     n_loss = sum(1 for t in labels if t != IGNORE)
     n_tokens = sum(len(e.input_ids) for e in group)
     return Batch(tensor(ids), tensor(labels), tensor(positions), None, n_loss, n_tokens, layout)
 
 
-def _layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
-    """Gather indices per length bucket, and where each flat position's output comes from."""
+def doc_layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
+    """Gather indices per length bucket, and where each flat position's output comes from.
+
+    A flat position in several spans (a shared prefix, a preference pair's common prompt) is
+    computed in each of them alike; its output is taken from the first example that holds it.
+    """
     by_bucket: dict[int, list[int]] = {}
+    owner: dict[int, int] = {}
     for doc, span in enumerate(spans):
         by_bucket.setdefault(_bucket_of(len(span)), []).append(doc)
+        for flat in span:
+            owner.setdefault(flat, doc)
     out_index = [0] * n_flat
     buckets: list[torch.Tensor] = []
     row_start = 0  # first output row of the current bucket in the concatenated outputs
@@ -207,7 +214,7 @@ def _layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
             index[r] = torch.tensor(span + [span[-1]] * (width - len(span)))
             base = row_start + r * width
             for j, flat in enumerate(span):
-                if j >= prefix or d == 0:  # the shared prefix's output is taken from example 0
+                if owner[flat] == d:
                     out_index[flat] = base + j
         buckets.append(index)
         row_start += len(docs) * width

@@ -68,7 +68,7 @@ def content_text(example: Example) -> str:
 
 def prompt_only(example: Example) -> str:
     """The input side, without system prompts (empty for raw text, whose 'prompt' is itself)."""
-    if example.format == "chat":
+    if example.format in ("chat", "preference"):
         return "\n".join(m.content for m in example.messages if m.role == "user")
     if example.format == "text":
         return ""

@@ -23,7 +23,10 @@ from tunecraft.data.schema import ROLES, Example, Format, Issue, Message
 
 # Keys that identify a format, checked in this order: a record with `messages` is a chat even if
 # it also carries `text` (datasets often keep a rendered copy next to the structured fields).
+# Preference pairs come first: OpenAI's preference rows carry "input", which would otherwise
+# read as the instruction format.
 FORMAT_KEYS: dict[Format, tuple[str, ...]] = {
+    "preference": ("preferred_output", "non_preferred_output", "chosen", "rejected"),
     "chat": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "input", "output"),
@@ -31,7 +34,9 @@ FORMAT_KEYS: dict[Format, tuple[str, ...]] = {
 }
 FORMAT_HELP = (
     '{"messages": [{"role": ..., "content": ...}]} (chat), {"prompt", "completion"}, '
-    '{"instruction", "input" (optional), "output"} or {"text"}'
+    '{"instruction", "input" (optional), "output"}, {"text"}, or a preference pair: '
+    '{"input": {"messages"}, "preferred_output", "non_preferred_output"} (OpenAI) or '
+    '{"prompt", "chosen", "rejected"}'
 )
 # Keys of other common layouts, so the message can say how to convert.
 FOREIGN_KEYS = {
@@ -156,6 +161,11 @@ def _parse_prompt_completion(obj: dict[str, Any], c: _Checker) -> Example | None
 
 
 def _parse_instruction(obj: dict[str, Any], c: _Checker) -> Example | None:
+    if isinstance(obj.get("input"), dict) and "messages" in obj["input"]:
+        c.add("missing_field", 'this looks like OpenAI\'s preference format ("input": {"messages"}) '
+              'without its answers; add "preferred_output" and "non_preferred_output" (each a list '
+              'with one assistant message)')
+        return None
     instruction = c.string(obj, "instruction", "write the task the model should do")
     inp = c.string(obj, "input", "", required=False)  # optional context; may be empty or null
     output = c.string(obj, "output", "write the answer the model should learn")
@@ -272,7 +282,123 @@ def _parse_chat(obj: dict[str, Any], c: _Checker) -> Example | None:
     return Example("chat", c.path, c.line, messages=valid)
 
 
-PARSERS = {"chat": _parse_chat, "prompt_completion": _parse_prompt_completion,
+def _message_list(value: Any, where: str, c: _Checker) -> list[Message] | None:
+    """A JSON array of messages (`where` names it in issues); None when it is not usable."""
+    if not isinstance(value, list) or not value:
+        what = "empty" if isinstance(value, list) else json_type(value)
+        c.add("not_an_object" if value else "empty_field", f'{where} must be a non-empty array of '
+              f'{{"role", "content"}} messages, got {what}')
+        return None
+    parsed = [_parse_message(m, f"{where}[{i}]", c) for i, m in enumerate(value)]
+    return None if any(m is None for m in parsed) else [m for m in parsed if m is not None]
+
+
+def _side(obj: dict[str, Any], key: str, role: str, c: _Checker) -> list[Message] | None:
+    """`prompt` / `chosen` / `rejected`: a string (one `role` message) or a list of messages."""
+    if key not in obj:
+        c.add("missing_field", f'missing "{key}"; a preference pair needs "chosen" and '
+              '"rejected" answers (and a "prompt", unless both answers are whole conversations)')
+        return None
+    value = obj[key]
+    if isinstance(value, str):
+        text = c.string(obj, key, f"write the {key} text")
+        return [Message(role, text)] if text.strip() else None
+    return _message_list(value, f'"{key}"', c)
+
+
+def _answers_only(answer: list[Message], where: str, c: _Checker) -> None:
+    for i, m in enumerate(answer):
+        if m.role != "assistant":
+            c.add("bad_role", f'{where}[{i}] is a "{m.role}" message; an answer holds assistant '
+                  "messages only (the conversation before it belongs in the prompt)")
+
+
+def _split_implicit(chosen: list[Message], rejected: list[Message], c: _Checker
+                    ) -> tuple[list[Message], list[Message], list[Message]] | None:
+    """TRL's implicit prompt: two whole conversations; their common leading turns are the prompt."""
+    common = 0
+    while common < min(len(chosen), len(rejected)) and chosen[common] == rejected[common]:
+        common += 1
+    while common and chosen[common - 1].role == "assistant":
+        common -= 1  # the answers start after the last shared non-assistant turn
+    if common == 0:
+        c.add("missing_field", 'no "prompt", and "chosen" and "rejected" share no leading turns; '
+              'add a "prompt" (a string or a list of messages)')
+        return None
+    return chosen[:common], chosen[common:], rejected[common:]
+
+
+def _check_pair(prompt: list[Message], chosen: list[Message], rejected: list[Message],
+                names: tuple[str, str, str], c: _Checker) -> None:
+    _answers_only(chosen, names[1], c)
+    _answers_only(rejected, names[2], c)
+    if not any(m.role == "user" for m in prompt):
+        c.add("no_user", f"{names[0]} has no user message; write what the answers respond to")
+    elif prompt[-1].role == "assistant":
+        c.add("bad_role", f"{names[0]} ends with an assistant message; the prompt ends with the "
+              f"turn the answers reply to (put the answer in {names[1]} / {names[2]})")
+    if [m.content for m in chosen] == [m.content for m in rejected]:
+        c.add("no_preference", f"{names[1]} and {names[2]} are the same text, so the pair prefers "
+              "nothing; make the rejected answer the worse one, or drop the row")
+
+
+def _parse_openai_preference(obj: dict[str, Any], c: _Checker) -> Example | None:
+    """OpenAI's preference rows: {"input": {"messages"}, "preferred_output", "non_preferred_output"}."""
+    raw = obj.get("input")
+    if not isinstance(raw, dict) or "messages" not in raw:
+        c.add("missing_field", '"input" must be an object {"messages": [...]} holding the prompt '
+              f'(got {"nothing" if raw is None else json_type(raw)})')
+        prompt = None
+    else:
+        prompt = _message_list(raw["messages"], "input.messages", c)
+        tool_keys = [key for key in TOOL_KEYS if key in raw]
+        if tool_keys:
+            c.add("ignored_field", f"input.{', input.'.join(tool_keys)} ignored: tool definitions "
+                  "are not rendered into the training text", "warning")
+    sides = []
+    for key in ("preferred_output", "non_preferred_output"):
+        if key not in obj:
+            c.add("missing_field", f'missing "{key}"; OpenAI\'s preference rows carry both '
+                  '"preferred_output" and "non_preferred_output" (each a list with one assistant message)')
+            sides.append(None)
+        else:
+            sides.append(_message_list(obj[key], f'"{key}"', c))
+    if prompt is None or sides[0] is None or sides[1] is None:
+        return None
+    _check_pair(prompt, sides[0], sides[1], ("input.messages", '"preferred_output"', '"non_preferred_output"'), c)
+    if not c.ok:
+        return None
+    return Example("preference", c.path, c.line, messages=tuple(prompt), chosen=tuple(sides[0]),
+                   rejected=tuple(sides[1]))
+
+
+def _parse_preference(obj: dict[str, Any], c: _Checker) -> Example | None:
+    """A preference pair: OpenAI's layout, or `prompt` / `chosen` / `rejected` (TRL's)."""
+    if "preferred_output" in obj or "non_preferred_output" in obj:
+        return _parse_openai_preference(obj, c)
+    chosen, rejected = _side(obj, "chosen", "assistant", c), _side(obj, "rejected", "assistant", c)
+    prompt = _side(obj, "prompt", "user", c) if "prompt" in obj else None
+    if chosen is None or rejected is None or ("prompt" in obj and prompt is None):
+        return None
+    if prompt is None:
+        if isinstance(obj["chosen"], str) or isinstance(obj["rejected"], str):
+            c.add("missing_field", 'missing "prompt"; write the input the two answers respond to')
+            return None
+        split = _split_implicit(chosen, rejected, c)
+        if split is None:
+            return None
+        prompt, chosen, rejected = split
+    if "completion" in obj:
+        c.add("ignored_field", '"completion" ignored: a preference pair trains on "chosen" over '
+              '"rejected"', "warning")
+    _check_pair(prompt, chosen, rejected, ('"prompt"', '"chosen"', '"rejected"'), c)
+    if not c.ok:
+        return None
+    return Example("preference", c.path, c.line, messages=tuple(prompt), chosen=tuple(chosen),
+                   rejected=tuple(rejected))
+
+
+PARSERS = {"preference": _parse_preference, "chat": _parse_chat, "prompt_completion": _parse_prompt_completion,
            "instruction": _parse_instruction, "text": _parse_text}
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from tunecraft.data import cache
-from tunecraft.data.render import TemplateMode, TokenizedExample, tokenize_example
+from tunecraft.data.render import TemplateMode, TokenizedExample, TokenizedPair, tokenize_sequences
 from tunecraft.data.schema import Example
 from tunecraft.data.split import split_indices
 
 
 @dataclass
 class PreparedData:
-    train: list[TokenizedExample]
+    train: list[TokenizedExample]  # preference data: TokenizedPair items
     val: list[TokenizedExample]
     train_examples: list[Example]
     val_examples: list[Example]
@@ -54,12 +54,15 @@ def tokenize_file(
             "max_length": max_length,
         }
     )
+    pairs = bool(examples) and examples[0].format == "preference"
+    per = 2 if pairs else 1  # a pair is cached as its two sequences, chosen then rejected
     cached = cache.load_cached(key)
-    if cached is not None and len(cached) == len(examples):
-        return cached
-    out = [tokenize_example(e, tokenizer, max_length, mode, system_prompt) for e in examples]
-    cache.store(key, out)
-    return out
+    if cached is None or len(cached) != per * len(examples):
+        cached = [t for e in examples for t in tokenize_sequences(e, tokenizer, max_length, mode, system_prompt)]
+        cache.store(key, cached)
+    if pairs:
+        return [TokenizedPair(cached[i], cached[i + 1]) for i in range(0, len(cached), 2)]  # type: ignore[misc]
+    return cached
 
 
 def prepare(
@@ -106,9 +109,14 @@ def prepare(
 
 
 def truncate(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
-    """Cut examples to `max_length` tokens on the right (the cache holds them untruncated)."""
-    out = []
+    """Cut examples to `max_length` tokens on the right (the cache holds them untruncated);
+    a preference pair's two sequences each."""
+    out: list = []
     for e in examples:
+        if isinstance(e, TokenizedPair):
+            chosen, rejected = truncate([e.chosen, e.rejected], max_length)
+            out.append(TokenizedPair(chosen, rejected, e.ref))
+            continue
         if len(e.input_ids) <= max_length:
             out.append(e)
         else:

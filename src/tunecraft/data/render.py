@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunecraft.data.schema import Example
+from tunecraft.data.schema import Example, Message
 from tunecraft.errors import DataError
 
 IGNORE = -100  # label value that bears no loss (torch's cross_entropy ignore_index)
@@ -41,6 +41,37 @@ class TokenizedExample:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A preference pair as training sees it: prompt + chosen and prompt + rejected.
+
+    Both sequences start with the same prompt tokens (each rendered exactly as a chat would be,
+    see `preference_sides`); only the answers bear loss. `ref` holds the reference model's summed
+    log-probabilities of the two answers (chosen, rejected) once training computed them.
+    """
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+    ref: tuple[float, float] | None = None
+
+    @property
+    def path(self) -> str:
+        return self.chosen.path
+
+    @property
+    def line(self) -> int:
+        return self.chosen.line
+
+    @property
+    def sequences(self) -> tuple[TokenizedExample, TokenizedExample]:
+        return self.chosen, self.rejected
+
+
+def sequences(items: list[TokenizedExample] | list[TokenizedPair]) -> list[TokenizedExample]:
+    """Every token sequence of a tokenized set (a pair is two), for counts and lengths."""
+    return [s for item in items for s in (item.sequences if isinstance(item, TokenizedPair) else (item,))]
+
+
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
@@ -56,8 +87,25 @@ def use_chat(tokenizer: Any, mode: TemplateMode) -> bool:
     return mode == "auto" and has_chat_template(tokenizer)
 
 
+def preference_sides(example: Example) -> tuple[Example, Example]:
+    """A preference pair as two chats: prompt + chosen and prompt + rejected.
+
+    Assistant turns inside the prompt bear no loss (weight 0): only the answers are compared.
+    """
+    assert example.format == "preference", example.format
+    prompt = tuple(Message(m.role, m.content, 0 if m.role == "assistant" else 1) for m in example.messages)
+
+    def side(answer: tuple[Message, ...]) -> Example:
+        return Example("chat", example.path, example.line, messages=prompt + answer)
+
+    return side(example.chosen), side(example.rejected)
+
+
 def to_messages(example: Example, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """The example as chat messages (prompt/completion and instruction become one exchange)."""
+    """The example as chat messages (prompt/completion and instruction become one exchange;
+    a preference pair becomes its prompt and preferred answer)."""
+    if example.format == "preference":
+        return to_messages(preference_sides(example)[0], system_prompt)
     if example.format == "chat":
         msgs = [{"role": m.role, "content": m.content, "weight": m.weight} for m in example.messages]
     elif example.format == "prompt_completion":
@@ -192,10 +240,39 @@ def tokenize_example(
     mode: TemplateMode = "auto",
     system_prompt: str | None = None,
 ) -> TokenizedExample:
-    """One example -> token ids and labels, truncated on the right to `max_length`."""
+    """One example -> token ids and labels, truncated on the right to `max_length` (a preference
+    pair: its chosen side; `tokenize_pair` gives both)."""
+    if example.format == "preference":
+        example = preference_sides(example)[0]
     segments = segments_for(example, tokenizer, mode, system_prompt)
     ids, labels, cut = tokenize_segments(tokenizer, segments, max_length)
     return TokenizedExample(ids, labels, example.path, example.line, cut)
+
+
+def tokenize_pair(
+    example: Example,
+    tokenizer: Any,
+    max_length: int | None = None,
+    mode: TemplateMode = "auto",
+    system_prompt: str | None = None,
+) -> TokenizedPair:
+    """A preference pair -> its two sequences, each rendered and truncated like any example."""
+    chosen, rejected = preference_sides(example)
+    return TokenizedPair(tokenize_example(chosen, tokenizer, max_length, mode, system_prompt),
+                         tokenize_example(rejected, tokenizer, max_length, mode, system_prompt))
+
+
+def tokenize_sequences(
+    example: Example,
+    tokenizer: Any,
+    max_length: int | None = None,
+    mode: TemplateMode = "auto",
+    system_prompt: str | None = None,
+) -> list[TokenizedExample]:
+    """The token sequences training runs for `example`: one, or two for a preference pair."""
+    if example.format == "preference":
+        return list(tokenize_pair(example, tokenizer, max_length, mode, system_prompt).sequences)
+    return [tokenize_example(example, tokenizer, max_length, mode, system_prompt)]
 
 
 def prompt_ids(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Format = Literal["chat", "prompt_completion", "instruction", "text"]
+Format = Literal["chat", "prompt_completion", "instruction", "text", "preference"]
 ROLES = ("system", "user", "assistant")
 
 
@@ -34,6 +34,10 @@ class Example:
     input: str = ""
     output: str = ""
     text: str = ""
+    # preference pairs: `messages` is the prompt (ending before the answers), `chosen` and
+    # `rejected` the two answers (assistant messages), the first one preferred.
+    chosen: tuple[Message, ...] = ()
+    rejected: tuple[Message, ...] = ()
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def key_text(self) -> str:
@@ -44,11 +48,14 @@ class Example:
             return f"{self.prompt}\n{self.completion}"
         if self.format == "instruction":
             return f"{self.instruction}\n{self.input}\n{self.output}"
+        if self.format == "preference":
+            sides = [self.messages, self.chosen, self.rejected]
+            return "\n--\n".join("\n".join(f"{m.role}: {m.content}" for m in side) for side in sides)
         return self.text
 
     def prompt_text(self) -> str:
         """The input side only (what a leak of the question into the test set looks like)."""
-        if self.format == "chat":
+        if self.format in ("chat", "preference"):
             return "\n".join(m.content for m in self.messages if m.role != "assistant")
         if self.format == "prompt_completion":
             return self.prompt

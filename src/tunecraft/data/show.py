@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tunecraft.data.loader import load_examples
-from tunecraft.data.render import IGNORE, TokenizedExample, tokenize_example
+from tunecraft.data.render import IGNORE, TokenizedExample, tokenize_sequences
 from tunecraft.data.schema import Example
 from tunecraft.errors import ConfigError
 
@@ -83,9 +83,12 @@ def show_examples(
     color = console.color_system is not None and not console.no_color
     console.print(legend(color))
     for ex in examples:
-        tok = tokenize_example(ex, tokenizer, length)
-        console.rule(_title(ex, tok), align="left")
-        console.print(render_tokens(tok, tokenizer, color), highlight=False, markup=False)
-        if tok.truncated:
-            console.print(f"[… {tok.truncated} tokens cut at max length {length}]", style="dim",
-                          highlight=False, markup=False)
+        toks = tokenize_sequences(ex, tokenizer, length)
+        # A preference pair shows both sequences as training runs them, chosen first.
+        sides = ("chosen", "rejected") if ex.format == "preference" else ("",)
+        for side, tok in zip(sides, toks):
+            console.rule(_title(ex, tok) + (f" · {side}" if side else ""), align="left")
+            console.print(render_tokens(tok, tokenizer, color), highlight=False, markup=False)
+            if tok.truncated:
+                console.print(f"[… {tok.truncated} tokens cut at max length {length}]", style="dim",
+                              highlight=False, markup=False)

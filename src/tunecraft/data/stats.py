@@ -1,7 +1,8 @@
 """Token statistics of a dataset, measured exactly as training tokenizes it.
 
-Each example goes through `render.tokenize_example` (the model's tokenizer and chat template,
-the same loss mask as training), so the counts here are the counts training will see.
+Each example goes through `render.tokenize_sequences` (the model's tokenizer and chat template,
+the same loss mask as training; a preference pair counts both of its sequences), so the counts
+here are the counts training will see.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from tunecraft.data.render import IGNORE, TemplateMode, tokenize_example
+from tunecraft.data.render import IGNORE, TemplateMode, tokenize_sequences
 from tunecraft.data.schema import Example, Issue
 from tunecraft.errors import DataError
 
@@ -62,29 +63,39 @@ def token_stats(
     issues: list[Issue] = []
     for ex in examples:
         try:
-            tok = tokenize_example(ex, tokenizer, None, mode, system_prompt)
+            toks = tokenize_sequences(ex, tokenizer, None, mode, system_prompt)
         except (DataError, TemplateError) as exc:
             issues.append(Issue(ex.path, ex.line, "template_error", f"the model's chat template "
                                 f"cannot render this example: {_reason(exc)}"))
             continue
-        kept = tok.labels[:max_length]
-        n_loss = sum(1 for t in kept if t != IGNORE)
-        lengths.append(tok.n_tokens)
-        tokens += min(tok.n_tokens, max_length)
-        loss += n_loss
-        if tok.n_tokens > max_length:
-            too_long.append(ex.line)
-            cut += tok.n_tokens - max_length
-        if n_loss == 0 and tok.n_loss > 0:  # all-weight-0 chats are reported when parsed
-            no_loss.append(ex.line)
+        for tok in toks:  # a preference pair: both sequences count (training runs both)
+            tokens, loss, cut = _count(ex, tok, max_length, (tokens, loss, cut), lengths, too_long, no_loss)
     lengths.sort()
     stats = TokenStats(
-        examples=len(lengths), tokens=tokens, loss_tokens=loss,
+        examples=len(examples) - len(issues), tokens=tokens, loss_tokens=loss,
         p50=percentile(lengths, 50), p90=percentile(lengths, 90), p99=percentile(lengths, 99),
         max=lengths[-1] if lengths else 0, max_length=max_length,
         too_long=len(too_long), tokens_cut=cut, too_long_lines=too_long, no_loss_lines=no_loss,
     )
     return stats, issues
+
+
+def _count(ex: Example, tok: Any, max_length: int, sums: tuple[int, int, int], lengths: list[int],
+           too_long: list[int], no_loss: list[int]) -> tuple[int, int, int]:
+    """Add one token sequence to the running counts; returns (tokens, loss tokens, tokens cut)."""
+    tokens, loss, cut = sums
+    kept = tok.labels[:max_length]
+    n_loss = sum(1 for t in kept if t != IGNORE)
+    lengths.append(tok.n_tokens)
+    tokens += min(tok.n_tokens, max_length)
+    loss += n_loss
+    if tok.n_tokens > max_length:
+        if not too_long or too_long[-1] != ex.line:
+            too_long.append(ex.line)
+        cut += tok.n_tokens - max_length
+    if n_loss == 0 and tok.n_loss > 0 and (not no_loss or no_loss[-1] != ex.line):
+        no_loss.append(ex.line)  # all-weight-0 chats are reported when parsed
+    return tokens, loss, cut
 
 
 def _reason(exc: Exception) -> str:

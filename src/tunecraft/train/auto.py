@@ -38,7 +38,13 @@ def choose_method(n_params: int) -> Choice:
     return Choice("train.method", "full", f"{n_params / 1e6:.1f}M parameters: small enough to train fully")
 
 
-def choose_lr(method: str) -> Choice:
+def choose_lr(method: str, objective: str = "sft") -> Choice:
+    if objective == "dpo":
+        # DPO starts from a model that already answers; its gradients grow with the answers'
+        # summed log-probs, so it takes a tenth (LoRA) to a tenth-of-a-tenth (full) of SFT's LR.
+        if method == "lora":
+            return Choice("train.lr", 1e-4, "DPO with LoRA: a tenth of supervised LoRA's LR (1e-4)")
+        return Choice("train.lr", 5e-6, "DPO on full weights moves pre-trained weights gently: 5e-6")
     if method == "lora":
         return Choice("train.lr", 1e-3, "LoRA adapters start at zero and need a high LR (1e-3)")
     return Choice("train.lr", 5e-5, "full fine-tuning moves pre-trained weights: a low LR (5e-5)")
@@ -76,10 +82,12 @@ def choose_max_length(lengths: list[int], context: int) -> Choice:
                   f"within the model's context of {context}")
 
 
-def choose_micro_batch(batch_size: int, max_length: int, device_type: str) -> Choice:
+def choose_micro_batch(batch_size: int, max_length: int, device_type: str, per_example: int = 1) -> Choice:
+    """`per_example`: sequences per example (a preference pair runs two)."""
     budget = 4096 if device_type == "cpu" else 32768  # tokens per forward pass
-    value = max(1, min(batch_size, budget // max(1, max_length)))
-    return Choice("train.micro_batch_size", value, f"~{budget} tokens per forward pass on {device_type}")
+    value = max(1, min(batch_size, budget // max(1, max_length * per_example)))
+    pairs = " (a pair is two sequences)" if per_example == 2 else ""
+    return Choice("train.micro_batch_size", value, f"~{budget} tokens per forward pass on {device_type}{pairs}")
 
 
 def choose_compile() -> Choice:

@@ -153,3 +153,38 @@ def compute_loss(model: Any, batch: Batch, engine: str, with_accuracy: bool = Fa
     if engine == "fast" and supports_fast_path(model):
         return fast_loss(model, batch, with_accuracy)
     return reference_loss(model, batch)
+
+
+# ----------------------------------------------------------------------------- per-target log-probs
+
+
+def _chunk_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, onednn: bool) -> torch.Tensor:
+    logits = linear(hidden, weight, None, onednn).float()  # (N, V)
+    return -F.cross_entropy(logits, targets, reduction="none")  # (N,)
+
+
+def target_logps(model: Any, batch: Batch, engine: str) -> torch.Tensor:
+    """log p(target) at every loss-bearing target of the micro-batch, in row-major order: (N,) fp32.
+
+    Preference tuning sums these per answer. Same two implementations as the loss: the fast one
+    projects only the loss-bearing positions through the LM head, in recomputed chunks.
+    """
+    mask = batch.labels != IGNORE
+    targets = batch.labels[mask]  # (N,)
+    if not (engine == "fast" and supports_fast_path(model)):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits  # (B, T, V)
+        return -F.cross_entropy(logits[mask].float(), targets, reduction="none")
+    head = unwrap(model).get_output_embeddings()
+    assert head.bias is None, "fast path assumes a bias-free LM head"
+    h = decoder_hidden(model, batch)[mask]  # (N, H)
+    onednn = isinstance(head, FastLinear)
+    chunked = torch.is_grad_enabled() and h.shape[0] > CHUNK_TOKENS
+    parts = []
+    for start in range(0, h.shape[0], CHUNK_TOKENS):
+        hc, tc = h[start : start + CHUNK_TOKENS], targets[start : start + CHUNK_TOKENS]
+        if chunked:
+            parts.append(checkpoint(_chunk_logps, hc, head.weight, tc, onednn, use_reentrant=False))
+        else:
+            parts.append(_chunk_logps(hc, head.weight, tc, onednn))
+    return torch.cat(parts) if parts else h.new_zeros((0,), dtype=torch.float32)
