@@ -147,7 +147,10 @@ def train(
     code = run_train(
         args or [],
         {
-            "model.name": model, "data.train": data, "data.val": val, "train.method": method,
+            "model.name": model, "data.train": data, "data.val": val,
+            # --method dpo is preference tuning: the objective; the weights stay train.method's.
+            "train.method": None if method == "dpo" else method,
+            "train.objective": "dpo" if method == "dpo" else None,
             "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
             "train.lr": lr,
             "data.max_length": max_length, "train.batch_size": batch_size, "train.seed": seed,

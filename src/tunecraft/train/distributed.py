@@ -71,8 +71,10 @@ class SingleProcess:
     def micro_batches(self, batches: list[Batch]) -> list[Batch]:
         return batches
 
-    def loss(self, model: torch.nn.Module, batch: Batch, engine: str, with_accuracy: bool = False) -> LossOut:
-        return compute_loss(model, batch, engine, with_accuracy)
+    def loss(self, model: torch.nn.Module, batch: Batch, engine: str, with_accuracy: bool = False,
+             compute: Callable[..., Any] | None = None) -> LossOut:
+        """`compute(model, batch, engine, with_accuracy)` (default: the masked cross-entropy)."""
+        return (compute or compute_loss)(model, batch, engine, with_accuracy)
 
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Nothing to sum: the gradients are already the whole batch's."""
@@ -211,11 +213,12 @@ class ProcessGroup(SingleProcess):
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return batches + [filler_batch(self.device) for _ in range(int(t.item()) - len(batches))]
 
-    def loss(self, model: torch.nn.Module, batch: Batch, engine: str, with_accuracy: bool = False) -> LossOut:
+    def loss(self, model: torch.nn.Module, batch: Batch, engine: str, with_accuracy: bool = False,
+             compute: Callable[..., Any] | None = None) -> LossOut:
         """The micro-batch's loss, through FSDP's root when sharded (so its hooks see every use)."""
         if self.root is None:
-            return compute_loss(model, batch, engine, with_accuracy)
-        return self.root(batch, engine, with_accuracy, compute_loss)
+            return (compute or compute_loss)(model, batch, engine, with_accuracy)
+        return self.root(batch, engine, with_accuracy, compute or compute_loss)
 
     # -- gradients
 

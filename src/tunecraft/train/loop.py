@@ -16,7 +16,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tunecraft.durable import DiskFullError, disk_full
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import parameter_counts, unwrap
 from tunecraft.models.load import load_model
-from tunecraft.train import attention, linear
+from tunecraft.train import attention, dpo, linear
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.lora import apply_lora
@@ -126,6 +126,10 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     model, kernels = build_model(plan, rt)  # weights, LoRA, the kernel probe
     model = rt.dist.prepare(model, rt.dtype)  # before the optimizer sees the parameters
     startup = {**plan.timings, "load_model_s": round(time.perf_counter() - t0, 3)}
+    if s.objective == "dpo":  # before a checkpoint is restored: the model as loaded is the reference
+        t0 = time.perf_counter()
+        plan = dpo.with_reference(plan, rt, model)
+        startup["reference_logps_s"] = round(time.perf_counter() - t0, 3)
     optimizer = build_optimizer(_trainable(model), s.lr, s.weight_decay, s.fused_optimizer)
     st = _restore(plan, rt, model, optimizer, log) if resume else _State()
     steps = plan_steps(len(plan.train), s.batch_size, plan.total_steps, s.seed)
@@ -332,6 +336,8 @@ def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any
 def micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[Batch]:
     """The examples at `indices` as micro-batches in the engine's layout."""
     s = plan.settings
+    if s.objective == "dpo":
+        return dpo.micro_batches(plan, indices, examples)  # type: ignore[return-value]
     if s.engine == "fast":
         return packed_batches(examples, indices, s.micro_batch_size)
     return padded_batches(examples, indices, s.micro_batch_size, plan.tokenizer.pad_token_id)
@@ -368,7 +374,8 @@ def _run_steps(
         set_lr(optimizer, lr)
         batches = step_batches(plan, steps[step_idx], rt)
         t0 = time.time()
-        loss, norm = train_step(model, optimizer, batches, s, rt)
+        extra: dict[str, float] = {}  # DPO: preference accuracy, rewards, log-probs
+        loss, norm = train_step(model, optimizer, batches, s, rt, extra)
         dt_step = time.time() - t0
         st.step = step_idx + 1
         # Every rank's counts, one stop vote so that all ranks stop (and checkpoint) together, and
@@ -389,7 +396,7 @@ def _run_steps(
         log.metric(
             "train", step=st.step, epoch=round(st.step / per_epoch, 4), loss=loss, lr=lr,
             grad_norm=norm, tokens=st.tokens, tokens_seen=st.tokens_seen, tokens_computed=st.tokens_computed,
-            tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3),
+            tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3), **extra,
         )
         progress.update(st.step, loss, n_tok / dt_step)
         last = st.step == plan.total_steps or out_of_time
@@ -470,14 +477,27 @@ class _Budget:
 
 
 def train_step(
-    model: Any, optimizer: torch.optim.Optimizer, batches: list[Batch], s: TrainSettings, rt: Runtime
+    model: Any, optimizer: torch.optim.Optimizer, batches: list[Batch], s: TrainSettings, rt: Runtime,
+    metrics: dict[str, float] | None = None,
 ) -> tuple[float, float]:
     """One optimizer step over micro-batches; returns (mean loss, grad norm).
 
     The loss of each micro-batch is its summed cross-entropy divided by the loss-bearing
-    tokens of the *whole step*, so gradients equal those of one big batch. A non-finite
-    loss or gradient raises before the optimizer touches the weights.
+    tokens of the *whole step*, so gradients equal those of one big batch (DPO: its pairs, see
+    `train.dpo`, whose step metrics land in `metrics`). A non-finite loss or gradient raises
+    before the optimizer touches the weights.
     """
+    if s.objective == "dpo":
+        with _autocast(rt, s.method):
+            loss, step_metrics = dpo.accumulate(model, batches, s, rt)  # type: ignore[arg-type]
+        if metrics is not None:
+            metrics.update(step_metrics)
+    else:
+        loss = _accumulate_sft(model, batches, s, rt)
+    return _apply_step(model, optimizer, loss, s, rt)
+
+
+def _accumulate_sft(model: Any, batches: list[Batch], s: TrainSettings, rt: Runtime) -> float:
     # With several ranks, `batches` is this rank's share and the divisor counts every rank's.
     (n_loss,) = rt.dist.sum([sum(b.n_loss for b in batches)])
     total = 0.0
@@ -487,7 +507,12 @@ def train_step(
             (out.loss_sum / max(1, n_loss)).backward()
             total += float(out.loss_sum.detach())
     (total,) = rt.dist.sum([total])
-    loss = total / max(1, n_loss)
+    return total / max(1, n_loss)
+
+
+def _apply_step(model: Any, optimizer: torch.optim.Optimizer, loss: float, s: TrainSettings, rt: Runtime
+                ) -> tuple[float, float]:
+    """Reduce, clip and apply the accumulated gradients, unless loss or norm is not finite."""
     params = _trainable(model)
     densify_grads(params)  # a sparse embedding gradient no LM head gradient was added to
     rt.dist.reduce_gradients(params)  # before clipping: the norm is the global one
@@ -514,10 +539,9 @@ def _eval_and_keep_best(
     t0 = time.time()
     val = evaluate(model, plan, rt, plan.eval_indices)
     st.eval_s += time.time() - t0
-    log.metric("eval", step=st.step, val_loss=val.loss, val_token_accuracy=val.accuracy,
-               val_examples=val.examples, val_loss_ci95=val.ci95)
+    log.metric("eval", step=st.step, **val.row())
     ci = f" ± {val.ci95:.4f}" if val.ci95 is not None else ""
-    progress.note(f"step {st.step}: val loss {val.loss:.4f}{ci}, token accuracy {val.accuracy:.3f}"
+    progress.note(f"step {st.step}: val loss {val.loss:.4f}{ci}, {val.kind} accuracy {val.accuracy:.3f}"
                   + (f" ({val.examples} of {len(plan.val)} examples)" if val.examples < len(plan.val) else ""))
     if val.loss < st.best_val_loss:
         st.best_val_loss, st.best_step, st.bad_evals = val.loss, st.step, 0
@@ -538,17 +562,23 @@ def _full_validation(plan: Plan, rt: Runtime, model: Any, st: _State, log: rundi
     full = evaluate(model, plan, rt)
     st.eval_s += time.time() - t0
     st.elapsed_s += time.time() - t0
-    log.metric("eval_full", step=st.step, val_loss=full.loss, val_token_accuracy=full.accuracy,
-               val_examples=full.examples, val_loss_ci95=full.ci95)
+    log.metric("eval_full", step=st.step, **full.row())
     return full
 
 
 @dataclass(frozen=True)
 class ValResult:
-    loss: float  # mean over loss-bearing tokens
-    accuracy: float  # next-token accuracy over the same tokens
+    loss: float  # mean over loss-bearing tokens (DPO: over pairs)
+    accuracy: float  # next-token accuracy over the same tokens (DPO: preference accuracy)
     examples: int
     ci95: float | None  # half-width of the loss's 95% interval (None: too few batches to say)
+    kind: str = "token"  # what `accuracy` counts: "token" or "preference"
+    extra: dict[str, float] = field(default_factory=dict)  # DPO: margins, rewards, log-probs
+
+    def row(self) -> dict[str, Any]:
+        """The metrics.jsonl fields of an evaluation."""
+        return {"val_loss": self.loss, f"val_{self.kind}_accuracy": self.accuracy,
+                "val_examples": self.examples, "val_loss_ci95": self.ci95, **self.extra}
 
 
 @torch.inference_mode()
@@ -559,6 +589,9 @@ def evaluate(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | Non
     linearized variance, which needs a few clusters (at least 4) to mean anything.
     """
     s = plan.settings
+    if s.objective == "dpo":
+        with _autocast(rt, s.method):
+            return ValResult(**dpo.evaluate_pairs(model, plan, rt, indices))
     was_training = model.training
     model.eval()
     chosen = list(range(len(plan.val))) if indices is None else list(indices)
@@ -604,6 +637,7 @@ def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str
         "status": status,
         "message": message,
         "method": plan.settings.method,
+        "objective": plan.settings.objective,
         "base_model": plan.settings.base_model,
         "base_model_path": str(plan.model.path),
         "train_examples": len(plan.train),

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from tunecraft.config import LoraConfig, RunConfig
 from tunecraft.data.batching import count_loss_tokens, steps_per_epoch
 from tunecraft.data.prepare import PreparedData, prepare, read_examples, truncate
-from tunecraft.data.render import TokenizedExample
+from tunecraft.data.render import TokenizedExample, sequences
 from tunecraft.errors import ConfigError, DataError
 from tunecraft.models.facts import context_length, count_params, pick_device
 from tunecraft.models.load import load_tokenizer
@@ -62,6 +62,9 @@ class TrainSettings:
     compile: bool
     threads: int
     sharding: Literal["ddp", "fsdp"]
+    objective: Literal["sft", "dpo"] = "sft"
+    dpo_beta: float = 0.1  # DPO's beta (objective dpo)
+    dpo_sft_weight: float = 0.0  # weight of the chosen answers' cross-entropy in the DPO loss
 
     @property
     def fused_optimizer(self) -> bool:
@@ -86,11 +89,11 @@ class Plan:
 
     @property
     def train_tokens(self) -> int:
-        return sum(len(e.input_ids) for e in self.train)
+        return sum(len(e.input_ids) for e in sequences(self.train))
 
     @property
     def train_loss_tokens(self) -> int:
-        return sum(count_loss_tokens(e) for e in self.train)
+        return sum(count_loss_tokens(e) for e in sequences(self.train))
 
     def with_run_dir(self, run_dir: Path) -> Plan:
         """The same plan writing to another run directory (config.yaml says so too)."""
@@ -137,6 +140,25 @@ def check_paths(cfg: RunConfig) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
 
+def check_objective(cfg: RunConfig, train_ex: list[Any], val_ex: list[Any] | None) -> None:
+    """Preference pairs train with DPO, everything else supervised: a mismatch is a clear error."""
+    dpo = cfg.train.objective == "dpo"
+    for role, examples in (("data.train", train_ex), ("data.val", val_ex or [])):
+        if not examples:
+            continue
+        pairs = examples[0].format == "preference"
+        path = cfg.data.train if role == "data.train" else cfg.data.val
+        if dpo and not pairs:
+            raise DataError(f"{role}: {path} holds {examples[0].format} examples, but train.objective=dpo "
+                            "learns from preference pairs: {\"prompt\", \"chosen\", \"rejected\"} or OpenAI's "
+                            "{\"input\", \"preferred_output\", \"non_preferred_output\"} (details: tunecraft data "
+                            "check). Drop --method dpo to fine-tune on these examples.")
+        if pairs and not dpo:
+            raise DataError(f"{role}: {path} holds preference pairs; train them with --method dpo "
+                            "(train.objective=dpo), or give examples with one answer each for "
+                            "supervised fine-tuning.")
+
+
 def _validate_data(cfg: RunConfig) -> tuple[list[Any], list[Any] | None]:
     """Read train and val, collecting the errors of both files into one DataError."""
     errors: list[str] = []
@@ -177,13 +199,14 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
     tc = cfg.train
     device = pick_device()
     r.choose(tc.method, lambda: auto.choose_method(n_params))
-    r.choose(tc.lr, lambda: auto.choose_lr(str(tc.method)))
+    r.choose(tc.lr, lambda: auto.choose_lr(str(tc.method), tc.objective))
     r.choose(tc.batch_size, lambda: auto.choose_batch_size(len(data.train)))
     if tc.max_steps is not None and tc.epochs is None:
         r.choose(tc.epochs, lambda: auto.epochs_for_steps(int(tc.max_steps or 0), len(data.train), int(tc.batch_size or 1)))
     r.choose(tc.epochs, lambda: auto.choose_epochs(len(data.train)))
-    r.choose(cfg.data.max_length, lambda: auto.choose_max_length([len(e.input_ids) for e in data.train], context))
-    r.choose(tc.micro_batch_size, lambda: auto.choose_micro_batch(int(tc.batch_size or 1), int(cfg.data.max_length or context), device.type))
+    r.choose(cfg.data.max_length, lambda: auto.choose_max_length([len(e.input_ids) for e in sequences(data.train)], context))
+    r.choose(tc.micro_batch_size, lambda: auto.choose_micro_batch(int(tc.batch_size or 1), int(cfg.data.max_length or context), device.type,
+                                                                  2 if tc.objective == "dpo" else 1))
     if tc.micro_batch_size and tc.batch_size and tc.micro_batch_size > tc.batch_size:
         tc.micro_batch_size = tc.batch_size
     r.choose(tc.compile, auto.choose_compile)
@@ -231,7 +254,7 @@ def _settings(cfg: RunConfig) -> TrainSettings:
         keep_checkpoints=tc.keep_checkpoints, patience=tc.patience, time_budget_s=tc.time_budget,
         precision=need("train.precision", tc.precision), deterministic=tc.deterministic,
         engine=tc.engine, compile=need("train.compile", tc.compile), threads=need("train.threads", tc.threads),
-        sharding=tc.sharding,
+        sharding=tc.sharding, objective=tc.objective, dpo_beta=tc.dpo.beta, dpo_sft_weight=tc.dpo.sft_weight,
     )
     assert not missing, f"the plan left settings unresolved: {missing}"
     return settings
@@ -243,6 +266,7 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     clock = _Clock()
     check_paths(cfg)
     train_ex, val_ex = _validate_data(cfg)
+    check_objective(cfg, train_ex, val_ex)
     clock.lap("validate_s")
     model = resolve_model(cfg.model.name, on_status=on_status)  # converts a GGUF once, then cached
     tokenizer = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -272,7 +296,7 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     if max_len > context:
         raise ConfigError(f"data.max_length: {max_len} exceeds the model's context ({context})")
     train, val = truncate(data.train, max_len), truncate(data.val, max_len)
-    if sum(count_loss_tokens(e) for e in train) == 0:
+    if sum(count_loss_tokens(e) for e in sequences(train)) == 0:
         raise DataError("no example has a loss-bearing token left after truncation; raise --max-length")
     total = total_steps(float(cfg.train.epochs or 1.0), len(train), int(cfg.train.batch_size or 1), cfg.train.max_steps)
     choices += _resolve_cadence(cfg, total, len(val))
