@@ -36,6 +36,14 @@ TrustOpt = Annotated[
         "only for models whose code you have read and trust. A run directory's config never turns it on.",
     ),
 ]
+LabelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--label-constraint/--no-label-constraint",
+        help="A closed-label run answers with a label of its set (labels.json) and its probability; "
+        "--no-label-constraint decodes free text.",
+    ),
+]
 
 
 @app.command()
@@ -242,11 +250,13 @@ def chat(
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     system: Annotated[Optional[str], typer.Option("--system", help="System message.")] = None,
     trust_remote_code: TrustOpt = False,
+    label_constraint: LabelOpt = True,
 ) -> None:
     """Chat in the terminal with a tuned run or a model (streamed, training's chat template)."""
     from tunecraft.serve.chat import run_chat
 
-    run_chat(target, max_tokens, temperature, system, trust_remote_code=trust_remote_code)
+    run_chat(target, max_tokens, temperature, system, trust_remote_code=trust_remote_code,
+             label_constraint=label_constraint)
 
 
 @app.command()
@@ -275,6 +285,10 @@ def eval_run(
         Optional[list[str]], typer.Option("--checkpoint", help="Also evaluate this checkpoint (e.g. step-000040); repeatable.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print eval.json instead of the table.")] = False,
+    label_constraint: LabelOpt = True,
+    general: Annotated[
+        bool, typer.Option("--general/--no-general", help="Measure how far tuning moved the model on generic prompts.")
+    ] = True,
 ) -> None:
     """Compare base, prompt-engineered and tuned models on held-out data; verdicts and HTML report."""
     from tunecraft.eval.evaluate import evaluate_run, options_for
@@ -284,6 +298,7 @@ def eval_run(
     opts = options_for(
         run_dir, data, baselines=names, limit=limit, max_new_tokens=max_new_tokens,
         batch_size=batch_size, few_shot=few_shot, prompt_file=prompt_file, checkpoints=checkpoint,
+        label_constraint=label_constraint, general=general,
     )
     payload = evaluate_run(run_dir, opts, on_status=err_console.print)
     if as_json:

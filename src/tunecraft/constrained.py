@@ -265,3 +265,17 @@ def _scores(trie: LabelTrie, row: _Row) -> LabelScores:
     weights = [math.exp(x - top) for x in logprobs]
     total = sum(weights)
     return LabelScores(logprobs, [w / total for w in weights], exact, row.tok, row.top)
+
+
+def score_batched(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie, pad_id: int,
+                  device: torch.device | str, batch_size: int = 8, margin: float | None = PRUNE_MARGIN,
+                  top_k: int = 0, keep: Sequence[int] = ()) -> list[LabelScores]:
+    """`score_labels` over many prompts, shortest first (less padding per batch), in input order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[LabelScores | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, scores in zip(chunk, score_labels(module, [prompts[i] for i in chunk], trie, pad_id, device,
+                                                 margin, top_k, keep)):
+            out[i] = scores
+    return [s for s in out if s is not None]

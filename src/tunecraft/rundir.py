@@ -10,6 +10,7 @@ depend on this module and on nothing of training's: the files below are the inte
     RUN_DIR/data/split.json    which rows trained and which validated
     RUN_DIR/checkpoints/step-NNNNNN/   resumable states (COMPLETE written last)
     RUN_DIR/model/             the deliverable: PEFT adapter or full HF model
+    RUN_DIR/labels.json        closed-label tasks only: the label set, reject label, threshold
     RUN_DIR/eval.json, report/index.html   written by `tunecraft eval`
 """
 
@@ -35,6 +36,7 @@ from tunecraft.errors import TunecraftError
 
 if TYPE_CHECKING:
     from tunecraft.config import RunConfig
+    from tunecraft.labels import LabelSet
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -44,6 +46,7 @@ SPLIT = "data/split.json"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 EVAL = "eval.json"
+LABELS = "labels.json"
 REPORT = "report/index.html"
 COMPLETE = "COMPLETE"  # written last into a checkpoint: only then does it count
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
@@ -127,6 +130,11 @@ def write_eval(run_dir: Path, payload: dict[str, Any]) -> None:
     atomic_write_json(Path(run_dir) / EVAL, payload, indent=1)
 
 
+def write_labels(run_dir: Path, labels: LabelSet) -> None:
+    """Record a closed-label run's label set (and its calibrated reject threshold)."""
+    atomic_write_json(Path(run_dir) / LABELS, labels.to_json(), indent=1)
+
+
 def write_report(run_dir: Path, html: str) -> Path:
     out = Path(run_dir) / REPORT
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +185,19 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
 
 def read_split(run_dir: Path) -> dict[str, Any]:
     return _read_json(Path(run_dir) / SPLIT)
+
+
+def read_labels(run_dir: Path) -> LabelSet | None:
+    """The run's label set, or None when its answers are free text (no labels.json)."""
+    from tunecraft.labels import LabelSet
+
+    path = Path(run_dir) / LABELS
+    if not path.is_file():
+        return None
+    try:
+        return LabelSet.from_json(_read_json(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path}: {exc}") from None
 
 
 def read_eval(run_dir: Path) -> dict[str, Any]:

@@ -4,6 +4,11 @@ For each system: held-out loss and perplexity of the reference answers, batched 
 task metrics, and a bootstrap interval on the main metric. Then the paired comparison with the
 best baseline (which examples the tuning fixed or broke), the overfitting verdict from the
 curves, and the ship verdict. Everything lands in `RUN_DIR/eval.json` and the HTML report.
+
+A closed-label run (`labels.json`) is answered constrained to its label set by every system
+(`--no-label-constraint`: free text), the tuned model with its reject threshold; such tasks also
+get the TF-IDF + logistic-regression baseline (`eval.classical`) and the rejection curves. The
+general-abilities check (`eval.general`) measures how far tuning moved the model off the task.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from tunecraft.eval.baselines import PromptSpec, build_prompt
 from tunecraft.eval.bootstrap import Interval, bootstrap_mean, bootstrap_paired_diff
 from tunecraft.eval.cases import EvalCase, case_from_example, load_cases, scoring_example, training_examples
 from tunecraft.eval.checkpoints import find_checkpoint, materialize
+from tunecraft.eval.classical import run_classical
+from tunecraft.eval.general import measure_general
 from tunecraft.eval.heldout import heldout_loss, tokenize_for
 from tunecraft.eval.verdict import ship_verdict
-from tunecraft.serve.engine import LoadedModel, ModelCache, SamplingParams, generate_chat, load_target
+from tunecraft.labels import rejection_curve, rejection_point
+from tunecraft.serve.engine import LabelAnswer, LoadedModel, ModelCache, SamplingParams, classify, generate_chat, load_target
 from tunecraft.rundir import read_run, resolve_base
 
 BASELINES = ("base", "prompted")
@@ -50,6 +58,8 @@ class EvalOptions:
     seed: int = 0
     resamples: int = 1000
     report: bool = True
+    label_constraint: bool = True  # closed-label runs: answer with a label of the set
+    general: bool = True  # measure the tuned model's distance from the base on generic prompts
 
     def check(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -88,12 +98,14 @@ class SystemResult:
     token_accuracy: float
     main: Interval
     seconds: float
+    label_answers: list[LabelAnswer] | None = None  # constrained to the run's label set
 
     def to_json(self) -> dict[str, Any]:
         return {
             "loss": _finite(self.loss), "perplexity": _finite(self.perplexity),
             "token_accuracy": _finite(self.token_accuracy), "metrics": self.aggregate.to_json(),
             "main": self.main.to_json(), "seconds": round(self.seconds, 2),
+            "constrained": self.label_answers is not None,
         }
 
 
@@ -130,14 +142,20 @@ def run_system(
 ) -> SystemResult:
     t0 = time.time()
     convs = [prefix.conversation(c) if prefix else c.messages for c in cases]
-    answers = _answer_all(lm, convs, opts)
+    labelled = None
+    if opts.label_constraint and lm.labels is not None:
+        # Only the tuned model has a calibrated threshold (it was chosen for its weights).
+        labelled = classify(lm, [lm.chat_prompt(c) for c in convs], reject=name == "tuned", batch_size=opts.batch_size)
+        answers = [a.label for a in labelled]
+    else:
+        answers = _answer_all(lm, convs, opts)
     # Loss is scored on exactly the conversation the system answered (prefix included).
     scoring = [scoring_example(dataclasses.replace(c, messages=conv)) for c, conv in zip(cases, convs)]
     held = heldout_loss(lm, tokenize_for(lm, scoring), batch_size=opts.batch_size)
     scores = [M.score_example(a, c.reference, kind, rouge) for a, c in zip(answers, cases)]
     main = bootstrap_mean(M.per_example_main(scores, kind), opts.resamples, opts.seed)
     return SystemResult(name, answers, scores, M.aggregate(scores, kind), held.loss, held.perplexity,
-                        held.token_accuracy, main, time.time() - t0)
+                        held.token_accuracy, main, time.time() - t0, labelled)
 
 
 # ----------------------------------------------------------------------------- systems
@@ -154,14 +172,16 @@ def _load_systems(
     if opts.baselines:
         on_status(f"loading the base model {info.base_model}")
         base = load_target(str(resolve_base(info)), name="base", cache=cache)
-        # The base answers prompts rendered exactly as the tuned model's (template, system prompt).
-        base = dataclasses.replace(base, template=tuned.template, system_prompt=tuned.system_prompt)
+        # The base answers prompts rendered exactly as the tuned model's (template, system prompt),
+        # constrained to the same label set.
+        base = dataclasses.replace(base, template=tuned.template, system_prompt=tuned.system_prompt, labels=tuned.labels)
         systems += [(b, base) for b in opts.baselines]
     systems.append(("tuned", tuned))
     for name in opts.checkpoints:
         path = find_checkpoint(run_dir, name)
         target = materialize(info, path, tmp / path.name)
-        systems.append((path.name, load_target(str(target), name=path.name, cache=cache)))
+        checkpoint = load_target(str(target), name=path.name, cache=cache)
+        systems.append((path.name, dataclasses.replace(checkpoint, labels=tuned.labels)))
     return systems
 
 
@@ -253,14 +273,17 @@ def evaluate_run(
     asked_shots = len(spec.shots) if spec else 0
     rouge = M.RougeL()
     results: dict[str, SystemResult] = {}
+    loaded: dict[str, LoadedModel] = {}
     with tempfile.TemporaryDirectory(prefix="tunecraft-eval-") as tmp:
         for name, lm in _load_systems(run_dir, opts, Path(tmp), status):
+            loaded[name] = lm
             status(f"evaluating {name} on {len(cases)} examples")
             if name == "prompted" and spec is not None:
                 spec = fit_shots(spec, lm, cases, opts.max_new_tokens)
                 if len(spec.shots) < asked_shots:
                     status(f"prompted: {len(spec.shots)} of {asked_shots} few-shot examples fit the context")
             results[name] = run_system(name, lm, cases, spec if name == "prompted" else None, kind, opts, rouge)
+        general = _general(info, loaded, opts, status) if opts.general else None
     comparison = _compare(results, kind, opts)
     intervals = comparison.pop("_intervals")
     verdict = run_verdict(run_dir)
@@ -281,6 +304,10 @@ def evaluate_run(
         "verdict": {**verdict.to_json(), "notes": _eval_notes(verdict, results["tuned"])},
         "ship": ship.to_json(),
         "data_stats": _data_stats(run_dir, cases, kind, len(train)),
+        "labels": _label_section(loaded["tuned"], results, opts),
+        "classical": _classical(train, cases, kind, results["tuned"], opts, status),
+        "reject": _reject_section(loaded["tuned"], results["tuned"], kind, cases),
+        "general": general.to_json() if general is not None else None,
         "cases": _case_rows(cases, results),
     }
     rundir.write_eval(run_dir, payload)
@@ -300,5 +327,76 @@ def _case_rows(cases: list[EvalCase], results: dict[str, SystemResult]) -> list[
             "reference": case.reference,
             "answers": {n: r.answers[i] for n, r in results.items()},
             "correct": {n: r.scores[i].correct for n, r in results.items()},
+            "label_probability": {n: r.label_answers[i].confidence for n, r in results.items() if r.label_answers},
         })
     return rows
+
+
+# ----------------------------------------------------------------------------- closed labels
+
+
+def _label_section(tuned: LoadedModel, results: dict[str, SystemResult], opts: EvalOptions) -> dict[str, Any] | None:
+    """The run's label set, and whether answers were constrained to it."""
+    labels = tuned.labels
+    if labels is None:
+        return None
+    return {"count": len(labels.labels), "reject_label": labels.reject_label, "threshold": labels.threshold,
+            "constrained": opts.label_constraint, "detected": labels.detected,
+            "invalid_labels": {n: r.aggregate.invalid_labels for n, r in results.items()}}
+
+
+def _classical(train: list[EvalCase], cases: list[EvalCase], kind: M.AnswerKind, tuned: SystemResult,
+               opts: EvalOptions, status: Callable[[str], None]) -> dict[str, Any] | None:
+    """TF-IDF + logistic regression on the training split, beside the LLM systems."""
+    if not kind.has_labels or not train:
+        return None
+    status(f"training the classical baseline (TF-IDF + logistic regression) on {len(train)} training examples")
+    res = run_classical(train, cases, kind, opts.seed)
+    main = bootstrap_mean([float(c) for c in res.correct], opts.resamples, opts.seed)
+    diff = bootstrap_paired_diff([float(s.correct) for s in tuned.scores], [float(c) for c in res.correct],
+                                 opts.resamples, opts.seed)
+    if diff.low > 0:
+        line = f"tuned beats TF-IDF + LR by {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]: the LLM earns its cost here"
+    elif diff.high < 0:
+        line = (f"TF-IDF + LR beats tuned by {-diff.mean:.3f} [{-diff.high:.3f}, {-diff.low:.3f}]: "
+                "a linear model does this task better; an LLM is not needed for it yet")
+    else:
+        line = f"tuned - TF-IDF + LR: {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}], within the interval"
+    return {"name": "tfidf+logreg", "train_examples": res.train_examples, "seconds": round(res.seconds, 2),
+            "metrics": res.scores, "main": main.to_json(), "diff_tuned_minus_classical": diff.to_json(),
+            "line": line, "predictions": res.predictions}
+
+
+def _reject_section(tuned: LoadedModel, result: SystemResult, kind: M.AnswerKind, cases: list[EvalCase]) -> dict[str, Any] | None:
+    """Reject recall and in-scope accuracy on test, at the validation-chosen threshold and without it."""
+    labels = tuned.labels
+    if labels is None or labels.reject_label is None or result.label_answers is None:
+        return None
+    reject = labels.reject_label
+    predicted = [a.model_label for a in result.label_answers]
+    confidence = [a.confidence for a in result.label_answers]
+    reference = [M.read_label(c.reference, kind) for c in cases]
+    cal = labels.calibration
+    return {
+        "reject_label": reject, "threshold": labels.threshold, "chosen_on": "validation",
+        "reason": cal.reason if cal is not None else "not calibrated (no validation examples): no rejection",
+        "validation": cal.to_json() if cal is not None else None,
+        "test": {
+            "with": dataclasses.asdict(rejection_point(predicted, confidence, reference, reject, labels.threshold)),
+            "without": dataclasses.asdict(rejection_point(predicted, confidence, reference, reject, 0.0)),
+            "curve": [dataclasses.asdict(p) for p in rejection_curve(predicted, confidence, reference, reject, [labels.threshold])],
+            "reject_examples": sum(r == reject for r in reference),
+        },
+    }
+
+
+def _general(info: Any, loaded: dict[str, LoadedModel], opts: EvalOptions, status: Callable[[str], None]) -> Any:
+    """Distance of the tuned model from the base on generic prompts (the base loaded if no baseline did)."""
+    tuned = loaded["tuned"]
+    base = loaded.get("base") or loaded.get("prompted")
+    if base is None:
+        status(f"loading the base model {info.base_model} for the general-abilities check")
+        base = load_target(str(resolve_base(info)), name="base")
+        base = dataclasses.replace(base, template=tuned.template, system_prompt=tuned.system_prompt)
+    status("general abilities: the base answers generic prompts, both models score the answers")
+    return measure_general(base, tuned, batch_size=opts.batch_size)

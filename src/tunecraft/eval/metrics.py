@@ -19,12 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# A "small closed set": at most this many distinct values...
-MAX_LABELS = 50
-# ...each seen on average at least this many times (else it is free text, e.g. names or ids).
-MIN_PER_LABEL = 2.0
-# Labels are short; a set of long sentences is free text even if it repeats.
-MAX_LABEL_WORDS = 5
+from tunecraft.labels import is_closed_set  # the one closed-set rule (training records the same set)
+
 # Share of references that must parse as JSON objects to call the answers JSON.
 JSON_SHARE = 0.9
 NO_LABEL = "<none>"  # the predicted label when none could be read from the answer
@@ -112,15 +108,6 @@ class AnswerKind:
         }
 
 
-def is_closed_set(values: Sequence[str]) -> bool:
-    distinct = set(values)
-    return (
-        2 <= len(distinct) <= MAX_LABELS
-        and len(values) / len(distinct) >= MIN_PER_LABEL
-        and all(len(v.split()) <= MAX_LABEL_WORDS for v in distinct)
-    )
-
-
 def _common_keys(objects: list[dict[str, Any]]) -> tuple[str, ...]:
     first = list(objects[0])
     return tuple(k for k in first if all(k in o for o in objects))
@@ -199,6 +186,32 @@ def macro_f1(predicted: Sequence[str], reference: Sequence[str]) -> float:
     return sum(scores) / len(scores)
 
 
+def per_label(predicted: Sequence[str], reference: Sequence[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of every class present in the references (by support)."""
+    rows = []
+    for c in sorted(set(reference), key=lambda c: (-sum(r == c for r in reference), c)):
+        tp = sum(p == c and r == c for p, r in zip(predicted, reference))
+        n_pred = sum(p == c for p in predicted)
+        n_ref = sum(r == c for r in reference)
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_ref if n_ref else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"label": c, "precision": precision, "recall": recall, "f1": f1, "support": n_ref})
+    return rows
+
+
+def label_metrics(predicted: Sequence[str], reference: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-label scores, top confusions, and answers that are no label of the set."""
+    valid = set(labels)
+    return {
+        "accuracy": accuracy(predicted, reference),
+        "macro_f1": macro_f1(predicted, reference),
+        "per_label": per_label(predicted, reference),
+        "confusions": confusions(predicted, reference, top=10),
+        "invalid_labels": sum(p not in valid for p in predicted),
+    }
+
+
 def confusions(predicted: Sequence[str], reference: Sequence[str], top: int = 5) -> list[dict[str, Any]]:
     """The most frequent (reference -> predicted) mistakes, most frequent first."""
     counts = Counter((r, p) for p, r in zip(predicted, reference) if p != r)
@@ -231,6 +244,8 @@ class SystemScores:
     accuracy: float | None = None
     macro_f1: float | None = None
     confusions: list[dict[str, Any]] = field(default_factory=list)
+    per_label: list[dict[str, Any]] | None = None
+    invalid_labels: int | None = None  # answers that are no label of the set
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -260,9 +275,9 @@ def aggregate(scores: Sequence[ExampleScore], kind: AnswerKind) -> SystemScores:
     if kind.has_labels:
         pred = [s.label or NO_LABEL for s in scores]
         ref = [s.reference_label or NO_LABEL for s in scores]
-        out.accuracy = accuracy(pred, ref)
-        out.macro_f1 = macro_f1(pred, ref)
-        out.confusions = confusions(pred, ref)
+        lm = label_metrics(pred, ref, kind.labels)
+        out.accuracy, out.macro_f1, out.confusions = lm["accuracy"], lm["macro_f1"], lm["confusions"]
+        out.per_label, out.invalid_labels = lm["per_label"], lm["invalid_labels"]
     return out
 
 

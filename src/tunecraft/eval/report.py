@@ -18,7 +18,7 @@ from typing import Any
 from tunecraft import rundir
 
 SAMPLE = 10  # side-by-side answers shown besides the flipped ones
-SECTIONS = ("verdicts", "curves", "metrics", "data", "config", "answers", "flips")
+SECTIONS = ("verdicts", "curves", "metrics", "task", "general", "data", "config", "answers", "flips")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
@@ -178,6 +178,79 @@ def _metric_rows(payload: dict[str, Any]) -> str:
     return body
 
 
+def _pct(x: Any) -> Any:
+    return None if x is None else round(100 * x, 1)
+
+
+def _curve_table(points: list[dict[str, Any]], chosen: float) -> str:
+    rows = [[("▶ " if abs(p["threshold"] - chosen) < 1e-9 else "") + f"{p['threshold']:.3f}", _pct(p["in_scope_accuracy"]),
+             _pct(p["reject_recall"]), _pct(p["rejected_share"])] for p in points]
+    return _table(["threshold", "in-scope accuracy %", "reject recall %", "answers rejected %"], rows)
+
+
+def _task(payload: dict[str, Any]) -> str:
+    """Closed labels: constrained decoding, the classical baseline, per-label scores, rejection."""
+    labels, classical, reject = payload.get("labels"), payload.get("classical"), payload.get("reject")
+    if not labels and not classical:
+        return "<p>Not a closed-label task (the answers are free text): no label set, no classical baseline.</p>"
+    body = ""
+    if labels:
+        how = "constrained to the label set (every answer is a label, with its probability)" if labels["constrained"] \
+            else "free text (--no-label-constraint)"
+        body += (f"<p>The run has a closed set of <b>{labels['count']}</b> labels ({escape(labels['detected'])}); "
+                 f"answers were decoded {escape(how)}.</p>")
+        body += _table(["system", "answers that are no label of the set"], [[n, v] for n, v in labels["invalid_labels"].items()])
+    tuned = payload["systems"].get("tuned", {}).get("metrics", {})
+    if classical:
+        m, cm = classical["main"], classical["metrics"]
+        body += (f"<h3>Classical baseline: TF-IDF + logistic regression</h3><p>Trained on the same "
+                 f"{classical['train_examples']} training rows in {classical['seconds']:.1f} s: accuracy "
+                 f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}], macro-F1 {cm['macro_f1']:.3f} "
+                 f"(tuned: {_fmt(tuned.get('accuracy'))}, {_fmt(tuned.get('macro_f1'))}). "
+                 f"<b>{escape(classical['line'])}</b>.</p>")
+        if cm.get("confusions"):
+            body += "<p>Most frequent confusions of TF-IDF + LR:</p>" + _table(
+                ["reference", "predicted", "count"], [[c["reference"], c["predicted"], c["count"]] for c in cm["confusions"]])
+    body += _per_label(tuned.get("per_label") or [], (classical or {}).get("metrics", {}).get("per_label") or [])
+    if reject:
+        w, wo = reject["test"]["with"], reject["test"]["without"]
+        body += (f"<h3>Reject label <code>{escape(reject['reject_label'])}</code></h3><p>Answers whose probability is "
+                 f"below <b>{reject['threshold']:.3f}</b> become the reject label. Chosen on the validation split only: "
+                 f"{escape(reject['reason'])}.</p><p>On test ({reject['test']['reject_examples']} reject examples): in-scope "
+                 f"accuracy {_fmt(wo['in_scope_accuracy'])} without rejection, {_fmt(w['in_scope_accuracy'])} with it; "
+                 f"reject recall {_fmt(wo['reject_recall'])} -> {_fmt(w['reject_recall'])}.</p>")
+        if reject.get("validation"):
+            body += "<p>Validation (where the threshold was chosen):</p>" + _curve_table(reject["validation"]["curve"], reject["threshold"])
+        body += "<p>Test (for reading only; nothing was chosen on it):</p>" + _curve_table(reject["test"]["curve"], reject["threshold"])
+    return body
+
+
+def _per_label(tuned: list[dict[str, Any]], classical: list[dict[str, Any]]) -> str:
+    if not tuned and not classical:
+        return ""
+    other = {r["label"]: r for r in classical}
+    rows = []
+    for r in tuned or classical:
+        c = other.get(r["label"], {})
+        rows.append([r["label"], r["support"], r["precision"], r["recall"], r["f1"],
+                     c.get("precision"), c.get("recall"), c.get("f1")])
+    return ("<p>Per label (tuned, and TF-IDF + LR):</p>" +
+            _table(["label", "support", "tuned P", "tuned R", "tuned F1", "TF-IDF P", "TF-IDF R", "TF-IDF F1"], rows))
+
+
+def _general(payload: dict[str, Any]) -> str:
+    general = payload.get("general")
+    if not general:
+        return "<p>Not measured (--no-general).</p>"
+    cls = "ok" if general["kept"] else "bad"
+    body = (f'<p class="{cls}"><b>{escape(general["line"])}</b></p><p>The base model answered {general["prompts"]} generic '
+            f"prompts shipped with tunecraft (greedy, {general['tokens']} answer tokens in all); both models then read "
+            f"those answers. KL(base || tuned) is averaged per answer token; kept when at most {general['threshold_kl']} "
+            "nats/token.</p>")
+    rows = [[s["prompt"], s["base_answer"], s["kl_per_token"]] for s in general["samples"][:SAMPLE]]
+    return body + _table(["prompt", "base answer", "KL per token"], rows, "answers")
+
+
 def _data_rows(payload: dict[str, Any]) -> str:
     stats = dict(payload["data_stats"])
     labels = stats.pop("test_labels", None)
@@ -232,6 +305,8 @@ def render_report(payload: dict[str, Any], rows: list[dict[str, Any]], config_te
         _section("verdicts", "Verdicts", _verdicts(payload)),
         _section("curves", "Loss curves", curves),
         _section("metrics", "Metric comparison", bars + _metric_rows(payload)),
+        _section("task", "Labels, classical baseline and rejection", _task(payload)),
+        _section("general", "General abilities", _general(payload)),
         _section("data", "Data", _data_rows(payload)),
         _section("config", "Resolved config", f"<pre>{escape(config_text)}</pre>"),
         _section("answers", f"Side-by-side answers (first {len(sample)})", _answers_table(payload, sample)),

@@ -55,8 +55,39 @@ def print_eval(payload: dict[str, Any], console: Console) -> None:
     if flips.get("against"):
         console.print(f"  against {flips['against']}: tuning fixed {len(flips['fixed'])} and broke "
                       f"{len(flips['broken'])} examples", highlight=False)
+    for line in task_lines(payload):
+        console.print(f"  {line}", highlight=False)
     print_verdict(payload["verdict"], console)
     ship = payload["ship"]
     console.print(f"[bold {'green' if ship['ship'] else 'red'}]{ship['line']}[/]", highlight=False)
     if payload.get("report"):
         console.print(f"  report: {payload['report']}", highlight=False)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def task_lines(payload: dict[str, Any]) -> list[str]:
+    """Closed labels, the classical baseline, rejection and general abilities, one line each."""
+    lines = []
+    labels = payload.get("labels")
+    if labels:
+        how = "constrained to" if labels["constrained"] else "free text (--no-label-constraint), scored against"
+        invalid = ", ".join(f"{n} {v}" for n, v in labels["invalid_labels"].items())
+        lines.append(f"answers {how} the run's {labels['count']} labels; invalid labels: {invalid}")
+    classical = payload.get("classical")
+    if classical:
+        m = classical["main"]
+        lines.append(f"TF-IDF + LR (trained on the same {classical['train_examples']} rows): accuracy "
+                     f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]; {classical['line']}")
+    reject = payload.get("reject")
+    if reject:
+        w, wo = reject["test"]["with"], reject["test"]["without"]
+        lines.append(f"reject {reject['reject_label']!r} below p={reject['threshold']:.3f} (chosen on validation): test "
+                     f"in-scope accuracy {_pct(wo['in_scope_accuracy'])} -> {_pct(w['in_scope_accuracy'])}, reject recall "
+                     f"{_pct(wo['reject_recall'])} -> {_pct(w['reject_recall'])} ({reject['test']['reject_examples']} reject examples)")
+    general = payload.get("general")
+    if general:
+        lines.append(general["line"])
+    return lines

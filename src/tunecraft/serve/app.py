@@ -28,7 +28,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunecraft.errors import TunecraftError
-from tunecraft.serve.engine import LoadedModel, PromptLogprobs, SamplingParams, TokenEvent, token_strings_and_offsets
+from tunecraft.serve.engine import (
+    LabelAnswer,
+    LoadedModel,
+    PromptLogprobs,
+    SamplingParams,
+    TokenEvent,
+    token_strings_and_offsets,
+)
 from tunecraft.serve.guards import APIKeyMiddleware, BodyLimitMiddleware, LoopbackHostMiddleware
 from tunecraft.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
 from tunecraft.serve.scheduler import Job, QueueFullError, Scheduler, WorkerDeadError
@@ -159,6 +166,7 @@ class _Collected:
     logprobs: list[float] | None = None
     top: list[dict[int, float]] | None = None
     prompt: PromptLogprobs | None = None
+    label: LabelAnswer | None = None  # a closed-label model's answer with the set's probabilities
     finish_reason: str = "length"
 
     def add(self, ev: TokenEvent) -> None:
@@ -178,6 +186,9 @@ async def _collect(channel: _Channel, request: Request, job: Job, poll_s: float)
             raise item
         if isinstance(item, PromptLogprobs):
             out.prompt = item
+            continue
+        if isinstance(item, LabelAnswer):
+            out.label = item
             continue
         for ev in item:
             out.add(ev)
@@ -216,8 +227,22 @@ def _chat_job(models: dict[str, LoadedModel], body: ChatCompletionRequest, setti
         raise APIError(400, str(exc), param="messages") from None
     default = min(settings.default_max_tokens, settings.max_tokens_limit)
     max_tokens = _budget(lm, len(ids), body.requested_max_tokens(), default, "messages")
-    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stop_list(), body.ignore_eos)
-    return Job(lm, ids, params, channel.emit)
+    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stop_list(), body.ignore_eos,
+                            body.logprobs_k())
+    classify = lm.labels is not None and body.label_constraint
+    return Job(lm, ids, params, channel.emit, classify=classify, reject=body.label_reject)
+
+
+def _chat_logprobs(lm: LoadedModel, out: _Collected) -> dict[str, Any]:
+    """OpenAI's chat `logprobs`: per generated token its text, log-prob, bytes and top alternatives."""
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = lm.tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    content = []
+    for tok, lp, top in zip(out.token_ids or [], out.logprobs or [], out.top or []):
+        content.append({**entry(tok, lp), "top_logprobs": [entry(t, v) for t, v in top.items()]})
+    return {"content": content, "refusal": None}
 
 
 def _chat_chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None, usage: bool) -> dict[str, Any]:
@@ -235,16 +260,23 @@ async def _chat_stream(channel: _Channel, job: Job, model: str, include_usage: b
     n_out, finish = 0, "length"
     try:
         yield _sse(_chat_chunk(cid, created, model, {"role": "assistant", "content": ""}, None, include_usage))
+        label: LabelAnswer | None = None
         while (item := await channel.queue.get()) is not None:
             if isinstance(item, Exception):
                 yield _sse(_engine_error(item).body())
                 return
+            if isinstance(item, LabelAnswer):
+                label = item
+                continue
             for ev in item:
                 n_out += ev.token_id is not None
                 finish = ev.finish_reason or finish
                 if ev.text:
                     yield _sse(_chat_chunk(cid, created, model, {"content": ev.text}, None, include_usage))
-        yield _sse(_chat_chunk(cid, created, model, {}, finish, include_usage))
+        last = _chat_chunk(cid, created, model, {}, finish, include_usage)
+        if label is not None:
+            last["choices"][0]["label"] = label.to_json()
+        yield _sse(last)
         if include_usage:
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": _usage(len(job.prompt), n_out)})
         yield "data: [DONE]\n\n"
@@ -273,10 +305,15 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     finally:
         job.cancel.set()
     n_out = len(out.token_ids or [])
+    lm = _lookup(state.models, body.model)
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": out.text},
+                              "logprobs": _chat_logprobs(lm, out) if body.logprobs else None,
+                              "finish_reason": out.finish_reason}
+    if out.label is not None:
+        choice["label"] = out.label.to_json()
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": None, "finish_reason": out.finish_reason}],
-        "usage": _usage(len(job.prompt), n_out),
+        "choices": [choice], "usage": _usage(len(job.prompt), n_out),
     }
 
 
@@ -422,13 +459,21 @@ async def _completion_stream(channel: _Channel, job: Job, body: CompletionReques
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.created
     models = dict(request.app.state.models)  # a job may hot-load one meanwhile
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "tunecraft", "max_model_len": lm.context_length}
-            for name, lm in models.items()]
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "tunecraft", "max_model_len": lm.context_length,
+             "labels": _label_info(lm)} for name, lm in models.items()]
     extension: Extension | None = request.app.state.extension
     if extension is not None:  # tuned models not loaded yet (after a restart) load on first use
         data += [{"id": name, "object": "model", "created": created, "owned_by": "tunecraft", "max_model_len": None}
                  for name in await run_in_threadpool(extension.listed) if name not in models]
     return {"object": "list", "data": data}
+
+
+def _label_info(lm: LoadedModel) -> dict[str, Any] | None:
+    """A closed-label model's label set (chat answers are constrained to it), else None."""
+    if lm.labels is None:
+        return None
+    return {"count": len(lm.labels.labels), "labels": list(lm.labels.labels),
+            "reject_label": lm.labels.reject_label, "threshold": lm.labels.threshold}
 
 
 async def health(request: Request) -> JSONResponse:
@@ -485,6 +530,7 @@ class Extension(Protocol):
     (`tunecraft.service.api.Service`) is one; serve knows it only through this."""
 
     upload_limits: dict[str, int]  # path -> body limit in bytes, for routes that take files
+    public_paths: frozenset[str]  # paths served without the API key (static files, no data)
 
     def router(self) -> APIRouter: ...
     def start(self) -> None: ...
@@ -526,7 +572,8 @@ def create_app(models: dict[str, LoadedModel], settings: ServeSettings = ServeSe
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        large=extension.upload_limits if extension is not None else None)
     if settings.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key,
+                           public=extension.public_paths if extension is not None else frozenset())
     else:  # keyless means loopback only (serve.check_bind): answer only loopback host names
         app.add_middleware(LoopbackHostMiddleware)
     return app

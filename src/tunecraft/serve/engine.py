@@ -9,10 +9,16 @@ did (`tunecraft.data.render.prompt_ids` with the run's tokenizer, template mode 
 Generation is a plain KV-cached decode loop (rather than `model.generate`) so that one loop gives
 batched left-padded decoding, per-row sampling seeds, stop strings, token streaming, log-probs and
 cancellation between any two tokens.
+
+A run with a closed label set (`RUN_DIR/labels.json`) answers chat prompts through `classify`:
+every label's sequence is scored (`tunecraft.constrained`), the answer is the most probable
+label (or one sampled from the set's distribution when temperature > 0), and the run's reject
+threshold turns unsure answers into its reject label.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -23,10 +29,12 @@ from typing import Any, Literal
 
 import torch
 
+from tunecraft.constrained import PRUNE_MARGIN, LabelTrie, build_trie, score_batched
 from tunecraft.data.render import TemplateMode, prompt_ids, tokenize_segments
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import context_length, inference_dtype, pick_device
-from tunecraft.rundir import is_run_dir, read_run, resolve_base
+from tunecraft.labels import LabelSet, decide
+from tunecraft.rundir import is_run_dir, read_labels, read_run, resolve_base
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -82,6 +90,15 @@ class LoadedModel:
     device: torch.device
     shared: _SharedModel
     adapter: str | None = None  # None: run with every adapter disabled
+    labels: LabelSet | None = None  # a closed-label run's label set: chat answers are constrained to it
+    _trie: LabelTrie | None = field(default=None, init=False, repr=False, compare=False)
+
+    def label_trie(self) -> LabelTrie:
+        """The label set's token trie with this model's tokenizer and template (built once)."""
+        assert self.labels is not None
+        if self._trie is None:
+            self._trie = build_trie(self.tokenizer, self.labels.labels, self.template, self.eos_token_ids)
+        return self._trie
 
     @contextmanager
     def activate(self) -> Iterator[Any]:
@@ -175,6 +192,7 @@ def load_target(
             shared = cache.get(info.model_dir, dt, dev, trust_remote_code)
             adapter, eos_dirs, model_dir = None, [info.model_dir], info.model_dir
         template, system_prompt = info.template, info.system_prompt
+        labels = read_labels(info.run_dir)
     else:
         from tunecraft.models.resolve import resolve_model
 
@@ -183,7 +201,7 @@ def load_target(
         tokenizer = load_tokenizer(resolved.path, trust_remote_code=trust_remote_code)
         shared = cache.get(resolved.path, dt, dev, trust_remote_code)
         adapter, eos_dirs, model_dir = None, [resolved.path], resolved.path
-        template, system_prompt = "auto", None
+        template, system_prompt, labels = "auto", None, None
     return LoadedModel(
         name=model_id,
         tokenizer=tokenizer,
@@ -194,6 +212,7 @@ def load_target(
         device=dev,
         shared=shared,
         adapter=adapter,
+        labels=labels,
     )
 
 
@@ -598,3 +617,94 @@ def token_strings_and_offsets(tokenizer: Any, ids: Sequence[int], start: int = 0
     else:  # a character split across tokens: measure each prefix instead
         offsets = [start + len(tokenizer.decode(list(ids[:i]))) for i in range(len(ids))]
     return pieces, offsets
+
+
+# ----------------------------------------------------------------------------- closed labels
+
+
+@dataclass
+class LabelAnswer:
+    """A constrained answer: a label of the set, with the set's probabilities."""
+
+    label: str  # the answer: the reject label when the model was less sure than the threshold
+    model_label: str  # the label the model chose (most probable, or sampled)
+    confidence: float  # the chosen label's probability over the set
+    rejected: bool
+    threshold: float
+    probs: dict[str, float]  # every label, most probable first
+    token_ids: list[int]  # the answer's tokens, end-of-turn last
+    token_logprobs: list[float]  # each token's log-prob under the model (whole vocabulary)
+    top_logprobs: list[dict[int, float]]  # top alternatives at each token (when asked)
+
+    def to_json(self, top: int | None = None) -> dict[str, Any]:
+        probs = dict(list(self.probs.items())[:top]) if top else self.probs
+        return {"label": self.label, "model_label": self.model_label, "confidence": self.confidence,
+                "rejected": self.rejected, "threshold": self.threshold, "probs": probs}
+
+
+def classify(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    reject: bool | Sequence[bool] = True,
+    batch_size: int = 8,
+) -> list[LabelAnswer]:
+    """Answer each prompt with a label of `lm.labels` (see the module docstring).
+
+    Greedy rows take the most probable label; others sample from the set's probabilities
+    sharpened by 1/temperature, seeded per row. `reject` (all rows or per row): apply the run's
+    reject threshold.
+    """
+    assert lm.labels is not None, "classify needs a model with a label set"
+    rows = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+    for p, sp in zip(prompts, rows):
+        if not p:
+            raise GenerationError("empty prompt")
+        check_budget(lm, len(p), 0)
+    trie, labels = lm.label_trie(), lm.labels
+    keep = [labels.labels.index(labels.reject_label)] if labels.reject_label else []
+    top_k = max((sp.logprobs or 0) for sp in rows)
+    # A sampled row may land on any label: its tokens' log-probs must all be exact then.
+    margin = None if any(not sp.greedy for sp in rows) else PRUNE_MARGIN
+    with lm.activate() as module:
+        scores = score_batched(module, prompts, trie, lm.pad_token_id, lm.device, batch_size, margin, top_k, keep)
+    rejects = [reject] * len(rows) if isinstance(reject, bool) else list(reject)
+    return [_label_answer(lm, s, sp, rj) for s, sp, rj in zip(scores, rows, rejects)]
+
+
+def _label_answer(lm: LoadedModel, scores: Any, sp: SamplingParams, reject: bool) -> LabelAnswer:
+    labels = lm.labels
+    assert labels is not None
+    trie = lm.label_trie()
+    chosen = scores.best
+    if not sp.greedy:
+        weights = torch.tensor([p ** (1.0 / sp.temperature) for p in scores.probs], dtype=torch.float64)
+        chosen = int(torch.multinomial(weights / weights.sum(), 1, generator=_generator(sp)))
+    model_label, confidence = labels.labels[chosen], scores.probs[chosen]
+    threshold = labels.threshold if reject else 0.0
+    answer = decide(model_label, confidence, threshold, labels.reject_label)
+    path = trie.path(labels.labels.index(answer))
+    order = sorted(range(len(labels.labels)), key=lambda i: -scores.probs[i])
+    return LabelAnswer(
+        label=answer, model_label=model_label, confidence=confidence, rejected=answer != model_label,
+        threshold=threshold, probs={labels.labels[i]: scores.probs[i] for i in order},
+        token_ids=[trie.token[n] for n in path],
+        token_logprobs=[scores.token_logprob.get(n, math.nan) for n in path],
+        top_logprobs=[scores.top_logprobs.get(n, {}) for n in path],
+    )
+
+
+def label_events(lm: LoadedModel, answer: LabelAnswer, row: int, logprobs: int | None) -> list[TokenEvent]:
+    """The answer as the decode loop would have streamed it: one event per token, then "stop"."""
+    tracker = TextTracker(lm.tokenizer, ())
+    eos = set(lm.eos_token_ids)
+    events = []
+    for tok, lp, top in zip(answer.token_ids, answer.token_logprobs, answer.top_logprobs):
+        if tok in eos:
+            break
+        text = tracker.push(tok)
+        wanted = logprobs is not None
+        events.append(TokenEvent(row, tok, text, lp if wanted else None,
+                                 dict(list(top.items())[:logprobs]) if wanted and logprobs else None))
+    events.append(TokenEvent(row, None, tracker.flush(), finish_reason="stop"))
+    return events

@@ -80,6 +80,17 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # tunecraft extensions for closed-label models (`/v1/models` shows a model's label set):
+    # false answers freely instead of with a label of the set; label_reject false skips the
+    # reject threshold (the model's own most probable label).
+    label_constraint: bool = True
+    label_reject: bool = True
+
+    def logprobs_k(self) -> int | None:
+        """Top alternatives per token for SamplingParams (None: no log-probs asked)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -11,6 +11,8 @@ requests pile up, and takes a request's prompts all together or not at all, so a
 leaves nothing of itself running. Each job carries a `cancel` event (set when its client
 disconnects) that the decode loop checks between tokens, so an abandoned stream stops using the
 model at once. A job whose row fails (a bad seed, say) fails alone; its batch goes on.
+A `classify` job (a chat request to a closed-label model) is answered with a `LabelAnswer` and its
+label's token events; such jobs batch with each other only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunecraft.serve.engine import LoadedModel, SamplingParams, TokenEvent, generate_events, prompt_logprobs
+from tunecraft.serve.engine import (
+    LoadedModel,
+    SamplingParams,
+    TokenEvent,
+    classify,
+    generate_events,
+    label_events,
+    prompt_logprobs,
+)
 
 
 class QueueFullError(Exception):
@@ -35,14 +45,16 @@ class WorkerDeadError(Exception):
 @dataclass
 class Job:
     """One prompt to complete. `emit` is called from the worker thread with, in order:
-    a `PromptLogprobs` (when `score` is set), `list[TokenEvent]` batches, then `None` (done)
-    or an `Exception` (failed)."""
+    a `PromptLogprobs` (when `score` is set) or a `LabelAnswer` (when `classify` is set),
+    `list[TokenEvent]` batches, then `None` (done) or an `Exception` (failed)."""
 
     model: LoadedModel
     prompt: list[int]
     params: SamplingParams
     emit: Callable[[Any], None]
     score: bool = False  # compute prompt log-probs first (completions with echo + logprobs)
+    classify: bool = False  # answer with a label of the model's label set (constrained decoding)
+    reject: bool = True  # classify: apply the model's reject threshold
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -120,7 +132,7 @@ class Scheduler:
                 for job in list(self._pending):
                     if len(batch) >= self.max_batch:
                         break
-                    if job.model is first.model and not job.score:
+                    if job.model is first.model and not job.score and job.classify == first.classify:
                         self._pending.remove(job)
                         batch.append(job)
             self._running = len(batch)
@@ -150,6 +162,9 @@ class Scheduler:
 
     def _run(self, batch: list[Job]) -> None:
         try:
+            if batch[0].classify:
+                self._classify(batch)
+                return
             if batch[0].score:
                 job = batch[0]
                 job.emit(prompt_logprobs(job.model, job.prompt, top=max(job.params.logprobs or 0, 1)))
@@ -166,6 +181,16 @@ class Scheduler:
         except Exception as exc:  # report to every waiting client; the worker keeps serving
             for job in batch:
                 self._finish(job, exc)
+
+    def _classify(self, batch: list[Job]) -> None:
+        """Score the label set for the whole batch; each job gets its answer, then its tokens."""
+        model = batch[0].model
+        answers = classify(model, [job.prompt for job in batch], [job.params for job in batch],
+                           [job.reject for job in batch])
+        for job, answer in zip(batch, answers):
+            job.emit(answer)
+            job.emit(label_events(model, answer, 0, job.params.logprobs))
+            self._finish(job, None)
 
     def _generate(self, batch: list[Job]) -> tuple[set[int], dict[int, Exception]]:
         """Decode the batch, routing each row's events to its job; returns cancelled and failed rows."""

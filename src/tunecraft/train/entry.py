@@ -97,5 +97,11 @@ def run_train(
         print_plan(plan, console)
     result = train(plan, rt, resume=resume, console=console)
     rt.dist.shutdown()
+    if result.status in ("finished", "early_stopped") and rt.is_main:
+        from tunecraft.train.labels import record_labels
+
+        # Closed-label tasks: labels.json, and the reject threshold from the delivered model on validation.
+        record_labels(result.run_dir, plan.config, plan.data.train_examples, plan.data.val_examples,
+                      plan.model.path, on_status=console.print)
     print_outcome(result.summary, result.run_dir, console)
     return 130 if result.status == "interrupted" else 0
