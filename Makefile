@@ -5,7 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean browser
+
+# The dashboard's browser tests drive Debian's chromium (never a browser playwright downloads).
+# Installed only when missing, and only where apt-get can (CI runs as root).
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +31,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/tunecraft demo
 
-test: install
+browser:
+ifeq ($(CHROMIUM),)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is missing: install Debian's chromium package (apt-get install chromium) for the browser tests"; fi
+endif
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -6,7 +6,8 @@ They are plain ASGI middleware so that none depends on a route remembering to ch
   127.0.0.1 ("DNS rebinding") and then talk to a keyless local server from the victim's
   browser. The browser still sends the page's own name in `Host`, so answering only requests
   addressed to a loopback name (localhost, 127.0.0.1, [::1], any port) closes that door.
-- `APIKeyMiddleware`: every route but /health needs `Authorization: Bearer KEY`.
+- `APIKeyMiddleware`: every route but /health (and static pages that hold no data) needs
+  `Authorization: Bearer KEY`.
 - `BodyLimitMiddleware`: the whole body is read here, up to the limit, before the app sees it,
   so a chunked body over the limit is a 413 too (raising from inside the app's `receive` would
   reach FastAPI's body parser, which turns any error into a 400).
@@ -95,13 +96,18 @@ class LoopbackHostMiddleware:
 
 
 class APIKeyMiddleware:
-    """Every route but /health needs `Authorization: Bearer KEY` (compared in constant time)."""
+    """Every route but /health needs `Authorization: Bearer KEY` (compared in constant time).
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    `public` names more paths that need no key: static files holding no data (the dashboard's
+    page and scripts, which ask for the key and send it with every API call they make).
+    """
+
+    def __init__(self, app: Any, api_key: str, public: frozenset[str] = frozenset()) -> None:
         self.app, self.expected = app, f"Bearer {api_key}".encode()
+        self.public = frozenset({"/health", *public})
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/health":
+        if scope["type"] != "http" or scope.get("path") in self.public:
             return await self.app(scope, receive, send)
         given = _header(scope, b"authorization") or b""
         if not hmac.compare_digest(given, self.expected):

@@ -20,12 +20,13 @@ from pydantic import ValidationError
 from tunecraft import rundir
 from tunecraft.serve.app import APIError
 from tunecraft.serve.engine import LoadedModel, ModelCache, load_target
-from tunecraft.service import objects
+from tunecraft.service import dashboard, objects
 from tunecraft.service.files import MAX_FILE_BYTES, PURPOSES, UploadTooLarge, save_upload
 from tunecraft.service.ids import new_id
 from tunecraft.service.jobs import DEFAULT_SEED, JobRequest
 from tunecraft.service.runner import Runner, RunnerSettings
 from tunecraft.service.store import Store
+from tunecraft.service.tasks import Tasks
 
 CHUNK = 1 << 20
 
@@ -42,6 +43,8 @@ class Service:
         self.models, self.base_targets, self.cache = models, base_targets, cache
         self.max_file_bytes = max_file_bytes
         self.upload_limits = {"/v1/files": max_file_bytes + (1 << 20)}  # the file plus multipart framing
+        self.public_paths = dashboard.PUBLIC_PATHS  # the dashboard's static files (no data in them)
+        self.tasks = Tasks()  # the dashboard's eval and export children
         self._load_lock = threading.Lock()  # one model load at a time (they share the base)
         self.runner = Runner(self.store, self.data_dir, lambda: dict(self.base_targets), self.hot_load, settings)
 
@@ -53,6 +56,7 @@ class Service:
 
     def stop(self) -> None:
         self.runner.stop()
+        self.tasks.stop()
         self.store.close()
 
     # -- served models
@@ -202,7 +206,8 @@ async def create_job(request: Request) -> dict[str, Any]:
         "id": job_id, "created_at": int(time.time()), "status": "validating_files", "model": req.model,
         "training_file": req.training_file, "validation_file": req.validation_file, "suffix": req.suffix,
         "seed": req.seed if req.seed is not None else DEFAULT_SEED, "metadata": req.metadata or {},
-        "method": {"type": "supervised"}, "hyperparameters": hyper,
+        "method": {"type": "supervised", **({"settings": req.settings} if req.settings else {})},
+        "hyperparameters": hyper,
         "run_dir": str(service.data_dir / "jobs" / job_id / "run"),
     }
     service.store.add_job(row)
@@ -276,4 +281,5 @@ def router() -> APIRouter:
     r.add_api_route("/v1/fine_tuning/jobs/{job_id}/resume", resume_job, methods=["POST"])
     r.add_api_route("/v1/fine_tuning/jobs/{job_id}/events", job_events, methods=["GET"])
     r.add_api_route("/v1/fine_tuning/jobs/{job_id}/checkpoints", job_checkpoints, methods=["GET"])
+    dashboard.add_routes(r)
     return r

@@ -58,6 +58,16 @@ class Method(_Body):
     supervised: Supervised = Field(default_factory=Supervised)
 
 
+# tunecraft's own per-job training settings (beyond OpenAI's body): `key=value` as `tunecraft
+# train` takes them, from this list only. None of these names a path, a model, code to trust or
+# the machine's resources; those stay the server's (`--job-setting`).
+SETTING_KEYS = (
+    "train.method", "train.time_budget", "train.epochs", "train.max_steps", "train.lr",
+    "train.batch_size", "train.warmup_ratio", "train.schedule", "train.weight_decay", "train.eval_every",
+    "train.patience", "data.max_length", "data.system_prompt", "lora.r", "lora.alpha", "lora.dropout",
+)
+
+
 class JobRequest(_Body):
     model: str = Field(min_length=1, max_length=256)
     training_file: str = Field(min_length=1, max_length=128)
@@ -67,6 +77,24 @@ class JobRequest(_Body):
     metadata: dict[str, str] | None = None
     method: Method | None = None
     hyperparameters: Hyperparameters | None = None  # deprecated top-level form, still accepted
+    settings: dict[str, str | int | float | None] | None = None  # tunecraft's extension (SETTING_KEYS)
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not v:
+            return None
+        unknown = [k for k in v if k not in SETTING_KEYS]
+        if unknown:
+            raise ValueError(f"settings: {', '.join(unknown)} cannot be set per job; allowed: {', '.join(SETTING_KEYS)}")
+        from tunecraft.config import build_config
+        from tunecraft.errors import ConfigError
+
+        try:  # the config's own checks (a method that does not exist, a negative LR) answer now
+            build_config(None, setting_overrides(v))
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("invalid configuration:\n", "")) from None
+        return v
 
     @field_validator("suffix")
     @classmethod
@@ -92,6 +120,11 @@ class JobRequest(_Body):
 DEFAULT_SEED = 42  # the CLI's default: the same job twice trains the same model
 
 
+def setting_overrides(settings: dict[str, Any] | None) -> list[str]:
+    """A job's settings as `key=value` overrides (None: back to the setting's default)."""
+    return [f"{k}={'null' if v is None else v}" for k, v in (settings or {}).items()]
+
+
 def train_command(job: dict[str, Any], base_target: str, train_path: Path, val_path: Path | None,
                   job_settings: list[str]) -> list[str]:
     """The child's command line: the CLI's `train` (or `train --resume`) for this job."""
@@ -110,4 +143,5 @@ def train_command(job: dict[str, Any], base_target: str, train_path: Path, val_p
         cmd += ["--batch-size", str(hyper["batch_size"])]
     if hyper.get("learning_rate_multiplier", "auto") != "auto":
         cmd.append(f"train.lr_multiplier={hyper['learning_rate_multiplier']}")
-    return [*cmd, *job_settings]
+    # The job's own settings last: the client chose them for this job, over the server's defaults.
+    return [*cmd, *job_settings, *setting_overrides((job.get("method") or {}).get("settings"))]

@@ -92,3 +92,16 @@ def test_train_command_maps_hyperparameters_to_cli_flags(tmp_path: Path) -> None
     assert "--batch-size" not in joined and "train.lr_multiplier=0.5" in joined and cmd[-1] == "train.threads=1"
     resumed = train_command({**job, "resume": 1}, "m", Path("/x"), None, [])
     assert resumed[-3:] == ["--resume", "--out", "/d/jobs/j/run"]
+
+
+def test_job_settings_are_checked_and_come_last_on_the_command_line() -> None:
+    req = JobRequest.model_validate({"model": "m", "training_file": "f",
+                                     "settings": {"train.method": "lora", "train.time_budget": "2m", "lora.r": 4}})
+    job = {"run_dir": "/d/jobs/j/run", "resume": 0, "seed": 1, "hyperparameters": {},
+           "method": {"type": "supervised", "settings": req.settings}}
+    cmd = train_command(job, "m", Path("/x"), None, ["train.method=full"])
+    assert cmd[-4:] == ["train.method=full", "train.method=lora", "train.time_budget=2m", "lora.r=4"]
+    for bad, says in (({"train.out": "/etc"}, "cannot be set per job"), ({"model.trust_remote_code": True}, "cannot"),
+                      ({"train.method": "lorax"}, "train.method"), ({"train.lr": -1}, "train.lr")):
+        with pytest.raises(ValueError, match=says):
+            JobRequest.model_validate({"model": "m", "training_file": "f", "settings": bad})
