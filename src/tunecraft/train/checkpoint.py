@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +164,65 @@ def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state_all(states)
 
 
+@dataclass
+class Snapshot:
+    """What one checkpoint writes, taken at a step boundary (copies, when written in the background)."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    optimizer_meta: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    state: dict[str, Any]  # state.json: the loop's state, the step and python's random state
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.weights.values()) + _nbytes(self.optimizer.values()) + _nbytes(self.rng.values())
+
+
+def snapshot(
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    trainable: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    copy: bool = False,
+) -> Snapshot:
+    """The checkpoint of `step`; `copy` makes it independent of the live tensors, so that it can
+    be written while training goes on (on CPU, `.cpu()` would return the very tensors the next
+    step updates in place)."""
+    weights = trainable if trainable is not None else trainable_state(model)
+    opt_tensors, opt_meta = _optimizer_to_files(
+        optimizer_state if optimizer_state is not None else optimizer.state_dict()
+    )
+    if copy:
+        weights = {k: v.clone() for k, v in weights.items()}
+        opt_tensors = {k: v.clone() for k, v in opt_tensors.items()}
+        opt_meta = json.loads(json.dumps(opt_meta))
+    full_state = {**state, "step": step, "py_random": _py_random_state()}
+    return Snapshot(step, weights, opt_tensors, opt_meta, _rng_tensors(), full_state)
+
+
+def write_checkpoint(root: Path, snap: Snapshot, keep: int, protect: set[int] | None = None) -> Path:
+    """Write `snap` atomically as `root/step-N`; prune old ones but keep the newest `keep` and `protect`.
+
+    Leftovers of a crashed save are cleared first (they may be what filled the disk); a full
+    disk raises `durable.DiskFullError` with the size needed, and the older checkpoints stay.
+    """
+    final = root / f"step-{snap.step:06d}"
+    recover_children(root)
+    with atomic_dir(final, size_hint=snap.nbytes + _JSON_ALLOWANCE) as tmp:
+        save_file(snap.weights, str(tmp / "trainable.safetensors"))
+        save_file(snap.optimizer, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(snap.optimizer_meta), encoding="utf-8")
+        save_file(snap.rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(snap.state, indent=1), encoding="utf-8")
+        (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
+    prune(root, keep, protect or set())
+    return final
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -173,31 +234,67 @@ def save_checkpoint(
     trainable: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically; prune old ones but keep the newest `keep` and `protect`.
+    """Write checkpoint `step` now (see `write_checkpoint`).
 
     `trainable` and `optimizer_state`, when given, replace the model's and optimizer's own
     (sharded training passes them gathered whole, so every checkpoint has one format).
-    Leftovers of a crashed save are cleared first (they may be what filled the disk); a full
-    disk raises `durable.DiskFullError` with the size needed, and the older checkpoints stay.
     """
-    final = root / f"step-{step:06d}"
-    recover_children(root)
-    weights = trainable if trainable is not None else trainable_state(model)
-    opt_tensors, opt_meta = _optimizer_to_files(
-        optimizer_state if optimizer_state is not None else optimizer.state_dict()
-    )
-    rng = _rng_tensors()
-    size = _nbytes(weights.values()) + _nbytes(opt_tensors.values()) + _nbytes(rng.values())
-    with atomic_dir(final, size_hint=size + _JSON_ALLOWANCE) as tmp:
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
-        save_file(rng, str(tmp / "rng.safetensors"))
-        full_state = {**state, "step": step, "py_random": _py_random_state()}
-        (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
-        (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
-    prune(root, keep, protect or set())
-    return final
+    snap = snapshot(step, model, optimizer, state, trainable, optimizer_state)
+    return write_checkpoint(root, snap, keep, protect)
+
+
+class BackgroundWriter:
+    """Runs one write job at a time off the training thread.
+
+    The training thread takes a snapshot (a memory copy: well under a second where writing
+    the same ~1.6 GB of a full fine-tune's weights and AdamW moments takes several) and goes
+    on. The job's outcome is collected back on the training thread (`poll`, `wait`), so its
+    events are logged in order and its error, a full disk say, still stops the run there.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._outcome: tuple[Any, BaseException | None] = (None, None)
+        self._done: Callable[[Any], None] = lambda _result: None
+        self.busy_s = 0.0  # seconds spent writing, summed over jobs
+
+    def submit(self, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Start `job` once the previous one ended; `done(result)` runs on the caller's thread."""
+        self.wait()
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                self._outcome = (job(), None)
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._outcome = (None, exc)
+            self.busy_s += time.perf_counter() - t0
+
+        self._done = done
+        self._thread = threading.Thread(target=run, name="tunecraft-writer", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> None:
+        """Collect a finished job (raising its error), without waiting for a running one."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the running job, then run its `done` or raise its error."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        (result, error), self._outcome = self._outcome, (None, None)
+        if error is not None:
+            raise error
+        self._done(result)
+
+    def close(self) -> None:
+        """Wait for the running job without raising (a run that already failed stops anyway)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def _py_random_state() -> list[Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunecraft.durable import atomic_dir
 from tunecraft.models.facts import unwrap
 
@@ -27,6 +29,23 @@ def save_deliverable(
         owner = model if method == "lora" else unwrap(model)
         owner.save_pretrained(str(tmp), safe_serialization=True, **extra)
         tokenizer.save_pretrained(str(tmp))
+
+
+def snapshot_deliverable(model: Any, method: str) -> dict[str, torch.Tensor]:
+    """A CPU copy of what `save_deliverable` writes, taken now and written later (training
+    goes on changing the live weights in place): LoRA, the adapter tensors (peft keeps only
+    those of a state dict); full, the model's whole state dict, tied tensors still shared so
+    that save_pretrained writes them once."""
+    if method == "lora":
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    copies: dict[tuple[int, torch.dtype, tuple[int, ...]], torch.Tensor] = {}
+    out = {}
+    for name, tensor in unwrap(model).state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        if key not in copies:
+            copies[key] = tensor.detach().to("cpu", copy=True)
+        out[name] = copies[key]
+    return out
 
 
 def _size_hint(model: Any, method: str, state_dict: dict[str, Any] | None) -> int:

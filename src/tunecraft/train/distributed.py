@@ -33,7 +33,7 @@ from tunecraft.data.render import IGNORE
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import decoder_layers
 from tunecraft.train import checkpoint as ckpt
-from tunecraft.train.deliver import save_deliverable
+from tunecraft.train.deliver import snapshot_deliverable
 from tunecraft.train.loss import LossOut, compute_loss
 
 T = TypeVar("T")
@@ -83,14 +83,15 @@ class SingleProcess:
         """Clip to the global norm (none: measure only); returns it."""
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf))
 
-    def save_checkpoint(
-        self, root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-        state: dict[str, Any], keep: int, protect: set[int],
-    ) -> Path | None:
-        return ckpt.save_checkpoint(root, step, model, optimizer, state, keep, protect)
+    def snapshot_checkpoint(
+        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> ckpt.Snapshot | None:
+        """A copy of what checkpoint `step` holds, for the writer thread (None: not this rank's to write)."""
+        return ckpt.snapshot(step, model, optimizer, state, copy=True)
 
-    def save_model(self, model: torch.nn.Module, tokenizer: Any, out: Path, method: str) -> None:
-        save_deliverable(model, tokenizer, out, method)
+    def snapshot_model(self, model: torch.nn.Module, method: str) -> dict[str, torch.Tensor] | None:
+        """A copy of what `model/` holds now (None: not this rank's to write)."""
+        return snapshot_deliverable(model, method)
 
     def load_checkpoint(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return ckpt.load_checkpoint(path, model, optimizer)
@@ -253,24 +254,22 @@ class ProcessGroup(SingleProcess):
 
     # -- saving
 
-    def save_checkpoint(
-        self, root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-        state: dict[str, Any], keep: int, protect: set[int],
-    ) -> Path | None:
-        """Rank 0 writes the checkpoint (fsdp: from tensors every rank helped gather)."""
+    def snapshot_checkpoint(
+        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> ckpt.Snapshot | None:
+        """Rank 0's copy of checkpoint `step` (fsdp: from tensors every rank helped gather)."""
         trainable = optimizer_state = None
         if self.sharded:
             trainable, optimizer_state = full_trainable_state(model), full_optimizer_state(optimizer)
-        return self.on_main(
-            lambda: ckpt.save_checkpoint(
-                root, step, model, optimizer, state, keep, protect, trainable=trainable, optimizer_state=optimizer_state
-            )
-        )
+        if not self.is_main:
+            return None
+        return ckpt.snapshot(step, model, optimizer, state, trainable, optimizer_state, copy=True)
 
-    def save_model(self, model: torch.nn.Module, tokenizer: Any, out: Path, method: str) -> None:
-        """Rank 0 writes `model/` (fsdp: from the state dict gathered to it)."""
-        state = full_model_state(model) if self.sharded else None
-        self.on_main(lambda: save_deliverable(model, tokenizer, out, method, state_dict=state))
+    def snapshot_model(self, model: torch.nn.Module, method: str) -> dict[str, torch.Tensor] | None:
+        """Rank 0's copy of `model/` (fsdp: the state dict gathered to it; already a copy)."""
+        if self.sharded:
+            return full_model_state(model)
+        return snapshot_deliverable(model, method) if self.is_main else None
 
     def load_checkpoint(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Every rank reads the same checkpoint (the run directory must be visible to all ranks)."""

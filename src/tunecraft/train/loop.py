@@ -33,6 +33,7 @@ from tunecraft.models.load import load_model
 from tunecraft.train import attention, dpo, linear
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
+from tunecraft.train.deliver import save_deliverable
 from tunecraft.train.lora import apply_lora
 from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
@@ -148,9 +149,17 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         log.event("kernels", f"linear layers: {kernels.reason}", onednn=kernels.onednn)
     progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
     budget = _Budget.of(plan, sum(startup.values()), trainable)
+    saver = _Saver(plan, rt, log)
+    full = None
     try:
         with _StopSignal() as stop, progress:
-            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress, budget)
+            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress, saver, budget)
+        if status in ("finished", "early_stopped"):
+            full = _full_validation(plan, rt, model, st, log)  # while the last checkpoint is written
+        t0 = time.time()
+        saver.wait()
+        st.checkpoint_s += time.time() - t0
+        st.elapsed_s += time.time() - t0
     except TrainingFailed as exc:
         _record_failure(plan, st, log, str(exc), st.step + 1)
         raise
@@ -160,11 +169,13 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         full = _disk_full(plan, exc)
         _record_failure(plan, st, log, str(full), st.step)
         raise full from exc
-    full = None
+    finally:
+        saver.close()
     if status in ("finished", "early_stopped"):
-        full = _full_validation(plan, rt, model, st, log)
         log.event(status, message, step=st.step)
     summary = _summary(plan, st, status, message)
+    # Not part of wall_s's breakdown: these writes ran beside the steps, on the writer thread.
+    summary["background_write_s"] = round(saver.writer.busy_s, 2)
     if full is not None:
         summary["final_val_loss_full"], summary["final_val_ci95_full"] = full.loss, full.ci95
     summary["linear_kernels"] = kernels.reason if kernels is not None else None
@@ -362,6 +373,7 @@ def _run_steps(
     log: rundir.RunLog,
     stop: _StopSignal,
     progress: Progress,
+    saver: _Saver,
     budget: _Budget | None = None,
 ) -> tuple[str, str]:
     s = plan.settings
@@ -370,6 +382,7 @@ def _run_steps(
     t_start = time.time() - st.elapsed_s
     t_saved = time.time()  # the wall-clock cadence counts from this process's start
     for step_idx in range(st.step, plan.total_steps):
+        saver.poll()  # a checkpoint written in the background: its event now, or its error
         lr = s.lr * lr_factor(step_idx, plan.total_steps, warmup, s.schedule)
         set_lr(optimizer, lr)
         batches = step_batches(plan, steps[step_idx], rt)
@@ -403,23 +416,18 @@ def _run_steps(
         stopped_early = False
         if st.step % s.eval_every == 0 or last:
             t0 = time.time()
-            stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress)
+            stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress, saver)
             if budget is not None:
                 budget.evaluated(time.time() - t0, len(plan.eval_indices))
         on_cadence = st.step % s.save_every == 0 if s.save_every is not None else due_votes > 0
         if on_cadence or last or stopped_early or stopping:
             t0 = time.time()
             st.elapsed_s = t0 - t_start
-            path = rt.dist.save_checkpoint(
-                plan.run_dir / rundir.CHECKPOINTS, st.step, model, optimizer, _state_dict(st),
-                s.keep_checkpoints, {st.best_step},
-            )
+            saver.checkpoint(st, model, optimizer)
             t_saved = time.time()
             st.checkpoint_s += t_saved - t0
             if budget is not None:
                 budget.checkpointed(t_saved - t0)
-            if path is not None:
-                log.event("checkpoint", f"saved {path.name}", step=st.step)
         if stopped_early:
             return "early_stopped", (
                 f"validation loss did not improve for {s.patience} evaluations; best step "
@@ -428,6 +436,7 @@ def _run_steps(
         if stopping:
             name = signal.Signals(stop.received).name if stop.received else "stop signal on another rank"
             msg = f"{name} received: stopped at step {st.step}; resume with --resume"
+            saver.wait()  # the checkpoint is on disk before the run says it stopped
             log.event("interrupted", msg, step=st.step)
             return "interrupted", msg
         if out_of_time:
@@ -441,6 +450,50 @@ def _run_steps(
     return "finished", (
         f"{st.step} steps; best step {st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
     )
+
+
+class _Saver:
+    """Checkpoints and `model/`, written off the training thread.
+
+    An improvement keeps a memory copy of the weights (`keep_best`); the next checkpoint
+    (by wall clock, at the end, or on a stop) writes `model/` from it and then the checkpoint,
+    in one background job, so that a checkpoint on disk never records a best step that
+    `model/` does not hold yet. Only rank 0 writes; every rank joins the snapshots (fsdp
+    gathers in them).
+    """
+
+    def __init__(self, plan: Plan, rt: Runtime, log: rundir.RunLog) -> None:
+        self.plan, self.rt, self.log = plan, rt, log
+        self.writer = ckpt.BackgroundWriter()
+        self.best: dict[str, torch.Tensor] | None = None  # weights model/ does not hold yet
+
+    def keep_best(self, model: Any) -> None:
+        self.best = self.rt.dist.snapshot_model(model, self.plan.settings.method)
+
+    def checkpoint(self, st: _State, model: Any, optimizer: torch.optim.Optimizer) -> None:
+        snap = self.rt.dist.snapshot_checkpoint(st.step, model, optimizer, _state_dict(st))
+        best, self.best = self.best, None
+        if snap is None:
+            return
+        plan, protect = self.plan, {st.best_step}
+
+        def job() -> Path:
+            if best is not None:
+                save_deliverable(model, plan.tokenizer, plan.run_dir / rundir.MODEL, plan.settings.method,
+                                 state_dict=best)
+            return ckpt.write_checkpoint(plan.run_dir / rundir.CHECKPOINTS, snap, plan.settings.keep_checkpoints,
+                                         protect)
+
+        self.writer.submit(job, lambda path: self.log.event("checkpoint", f"saved {path.name}", step=snap.step))
+
+    def poll(self) -> None:
+        self.writer.poll()
+
+    def wait(self) -> None:
+        self.writer.wait()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class _Budget:
@@ -533,9 +586,9 @@ def _apply_step(model: Any, optimizer: torch.optim.Optimizer, loss: float, s: Tr
 
 
 def _eval_and_keep_best(
-    plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, progress: Progress
+    plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, progress: Progress, saver: _Saver
 ) -> bool:
-    """Evaluate on the fixed subsample; save model/ on improvement; True when patience ran out."""
+    """Evaluate on the fixed subsample; keep the weights on improvement; True when patience ran out."""
     t0 = time.time()
     val = evaluate(model, plan, rt, plan.eval_indices)
     st.eval_s += time.time() - t0
@@ -546,7 +599,7 @@ def _eval_and_keep_best(
     if val.loss < st.best_val_loss:
         st.best_val_loss, st.best_step, st.bad_evals = val.loss, st.step, 0
         t0 = time.time()
-        rt.dist.save_model(model, plan.tokenizer, plan.run_dir / rundir.MODEL, plan.settings.method)
+        saver.keep_best(model)
         st.checkpoint_s += time.time() - t0
         return False
     st.bad_evals += 1

@@ -43,8 +43,11 @@ def test_batch8_accum1_equals_batch1_accum8_through_train_step(make_cfg, engine:
     assert math.isclose(norm8, norm1, rel_tol=1e-4)
     total = math.sqrt(sum(float((u * u).sum()) for u in up8.values()))
     assert math.isclose(total, 0.1, rel_tol=1e-4)  # SGD at lr 1 applied exactly the clipped gradient
+    # Summation order differs between the two (8 partial sums vs one): fp32 rounding of ~1e-7
+    # of the largest entry, which a near-zero entry sees as a large relative error.
+    scale = max(float(u.abs().max()) for u in up8.values())
     for key, u in up8.items():
-        torch.testing.assert_close(up1[key], u, rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(up1[key], u, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_non_finite_loss_stops_before_optimizer_step(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
