@@ -1,11 +1,14 @@
-"""Test helpers that run real things: uvicorn on loopback in a thread, a body in a forked child
-(and a kill at the worst moment of a directory replacement, for that child)."""
+"""Test helpers that run real things: uvicorn on loopback in a thread, `tunecraft serve --data-dir`
+as a process, a body in a forked child (and a kill at the worst moment of a directory
+replacement, for that child)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -40,6 +43,68 @@ class LoopbackServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """`tunecraft serve BASE --data-dir DIR --api-key KEY` as a process (so it can be killed with -9)."""
+
+    def __init__(self, base: Path, data_dir: Path, api_key: str, job_settings: list[str],
+                 port: int | None = None) -> None:
+        self.base, self.data_dir, self.port = base, data_dir, port or free_port()
+        self.api_key, self.job_settings = api_key, job_settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"server-{self.port}.log"
+
+    def start(self) -> ServiceProcess:
+        import httpx
+
+        cmd = [sys.executable, "-m", "tunecraft", "serve", str(self.base), "--port", str(self.port),
+               "--api-key", self.api_key, "--data-dir", str(self.data_dir)]
+        for item in self.job_settings:
+            cmd += ["--job-setting", item]
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def run_in_child(body: Callable[[], None], timeout: float = 60.0) -> int:

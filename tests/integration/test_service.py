@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ import httpx
 import openai
 import pytest
 from safetensors.torch import load_file
+from processes import ServiceProcess
 from tiny import write_chat_data
 
 KEY = "service-key"
@@ -29,56 +28,14 @@ JOB_SETTINGS = ["train.deterministic=true", "train.threads=1", "train.save_every
                 "train.patience=null", "train.batch_size=8"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`tunecraft serve BASE --data-dir DIR` as a process (so it can be killed with -9)."""
+class Server(ServiceProcess):
+    """`tunecraft serve BASE --data-dir DIR` with this file's key and job settings."""
 
     def __init__(self, base: Path, data_dir: Path, port: int | None = None) -> None:
-        self.base, self.data_dir, self.port = base, data_dir, port or _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        cmd = [sys.executable, "-m", "tunecraft", "serve", str(self.base), "--port", str(self.port),
-               "--api-key", KEY, "--data-dir", str(self.data_dir)]
-        for item in JOB_SETTINGS:
-            cmd += ["--job-setting", item]
-        log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert self.proc.poll() is None, (self.data_dir.parent / f"server-{self.port}.log").read_text()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(base, data_dir, KEY, JOB_SETTINGS, port)
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=60)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
