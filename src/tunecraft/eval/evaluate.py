@@ -35,6 +35,7 @@ from tunecraft.eval.checkpoints import find_checkpoint, materialize
 from tunecraft.eval.classical import run_classical
 from tunecraft.eval.general import measure_general
 from tunecraft.eval.heldout import heldout_loss, tokenize_for
+from tunecraft.eval.preference import evaluate_preference_run, is_preference_file
 from tunecraft.eval.verdict import ship_verdict
 from tunecraft.labels import rejection_curve, rejection_point
 from tunecraft.serve.engine import LabelAnswer, LoadedModel, ModelCache, SamplingParams, classify, generate_chat, load_target
@@ -264,6 +265,8 @@ def evaluate_run(
     status = on_status or (lambda _msg: None)
     run_dir = Path(run_dir)
     opts.check()
+    if is_preference_file(opts.data):  # preference pairs: scored, not generated (eval/preference.py)
+        return evaluate_preference_run(run_dir, opts.data, opts.limit, status)
     info = read_run(run_dir)  # fails early, with the missing file named
     cfg = rundir.read_config(run_dir)
     cases = load_cases(opts.data, opts.limit)

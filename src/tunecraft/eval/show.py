@@ -46,6 +46,11 @@ def comparison_table(payload: dict[str, Any]) -> Table:
 
 
 def print_eval(payload: dict[str, Any], console: Console) -> None:
+    if payload.get("kind") == "preference":  # a DPO run scored on held-out pairs
+        from tunecraft.eval.preference import print_preference
+
+        print_preference(payload, console)
+        return
     console.print(comparison_table(payload))
     comp = payload["comparison"]
     for name, d in comp["diff"].items():

@@ -206,7 +206,8 @@ async def create_job(request: Request) -> dict[str, Any]:
         "id": job_id, "created_at": int(time.time()), "status": "validating_files", "model": req.model,
         "training_file": req.training_file, "validation_file": req.validation_file, "suffix": req.suffix,
         "seed": req.seed if req.seed is not None else DEFAULT_SEED, "metadata": req.metadata or {},
-        "method": {"type": "supervised", **({"settings": req.settings} if req.settings else {})},
+        "method": {"type": req.method.type if req.method else "supervised",
+                   **({"settings": req.settings} if req.settings else {})},
         "hyperparameters": hyper,
         "run_dir": str(service.data_dir / "jobs" / job_id / "run"),
     }

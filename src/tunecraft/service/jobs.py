@@ -53,9 +53,25 @@ class Supervised(_Body):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | float = Field("auto", description="DPO beta (0-10]; auto: 0.1.")
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: Any) -> Any:
+        if v != "auto" and not 0 < v <= 10:
+            raise ValueError("beta must be 'auto' or in (0, 10]")
+        return v
+
+
+class Dpo(_Body):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(_Body):
-    type: Literal["supervised"] = "supervised"
+    type: Literal["supervised", "dpo"] = "supervised"
     supervised: Supervised = Field(default_factory=Supervised)
+    dpo: Dpo = Field(default_factory=Dpo)  # type "dpo": preference tuning (`tunecraft train --method dpo`)
 
 
 # tunecraft's own per-job training settings (beyond OpenAI's body): `key=value` as `tunecraft
@@ -112,6 +128,8 @@ class JobRequest(_Body):
 
     def hyper(self) -> Hyperparameters:
         """The method's hyperparameters, else the deprecated top-level ones, else all auto."""
+        if self.method is not None and self.method.type == "dpo":
+            return self.method.dpo.hyperparameters
         if self.method is not None and self.method.supervised.hyperparameters.model_fields_set:
             return self.method.supervised.hyperparameters
         return self.hyperparameters or (self.method.supervised.hyperparameters if self.method else Hyperparameters())
@@ -135,6 +153,10 @@ def train_command(job: dict[str, Any], base_target: str, train_path: Path, val_p
     hyper = job["hyperparameters"]
     cmd = [*entry, "--model", base_target, "--data", str(train_path), "--out", run_dir,
            "--seed", str(job["seed"])]
+    if (job.get("method") or {}).get("type") == "dpo":
+        cmd += ["--method", "dpo"]
+        if hyper.get("beta", "auto") != "auto":
+            cmd.append(f"train.dpo.beta={hyper['beta']}")
     if val_path is not None:
         cmd += ["--val", str(val_path)]
     if hyper.get("n_epochs", "auto") != "auto":

@@ -29,8 +29,8 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
     hyper = {**row["hyperparameters"], **{k: v for k, v in row["resolved"].items() if k in
                                            ("n_epochs", "batch_size", "learning_rate_multiplier")}}
     method = row["method"]
-    if method.get("type") == "supervised":
-        method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    if method.get("type") in ("supervised", "dpo"):
+        method = {"type": method["type"], method["type"]: {"hyperparameters": hyper}}
     return {
         "id": row["id"], "object": "fine_tuning.job", "created_at": row["created_at"],
         "error": row["error"], "fine_tuned_model": row["fine_tuned_model"],
