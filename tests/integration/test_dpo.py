@@ -115,3 +115,40 @@ def test_dpo_full_weights_killed_and_resumed_is_bit_identical(tiny_model_dir: Pa
         assert torch.equal(a[key], b[key]), key
     losses = lambda run: [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if r["type"] == "train"]  # noqa: E731
     assert losses(straight) == losses(broken)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dist_args(model: Path, train: Path, val: Path, out: Path, method: str, sharding: str) -> list[str]:
+    return [sys.executable, "-m", "tunecraft", "train", "--model", str(model), "--data", str(train), "--val", str(val),
+            "--out", str(out), "--method", "dpo", f"train.method={method}", "--epochs", "1", "--batch-size", "8",
+            "--lr", "3e-3", "--sharding", sharding, "train.deterministic=true", "train.micro_batch_size=2",
+            "train.eval_every=2", "train.patience=null", "train.threads=1", "lora.r=4"]
+
+
+@pytest.mark.parametrize(("method", "sharding"), [("lora", "ddp"), pytest.param("full", "fsdp", marks=pytest.mark.slow)])
+def test_two_processes_dpo_like_one(tiny_model_dir: Path, tmp_path: Path, pairs, method: str, sharding: str) -> None:
+    """Each rank scores its share of the reference pass and of every step; the pairs and the
+    chosen tokens are counted over both ranks, so two processes train like one."""
+    train, val, _ = pairs
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNECRAFT_DIST_TIMEOUT_S": "120"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, extra in ((one, []), (two, ["--nproc-per-node", "2", "--master-port", str(_free_port())])):
+        res = subprocess.run([*_dist_args(tiny_model_dir, train, val, out, method, sharding), *extra], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [[r for r in read_jsonl(run / "metrics.jsonl") if r["type"] in ("train", "eval")] for run in (one, two)]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and len(rows[0]) > 4
+    for a, b in zip(*rows):
+        for key in ("loss", "preference_accuracy", "reward_margin", "val_loss", "val_preference_accuracy"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    a = load_file(str(complete_checkpoints(one)[-1] / "trainable.safetensors"))
+    b = load_file(str(complete_checkpoints(two)[-1] / "trainable.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

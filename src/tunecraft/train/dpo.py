@@ -284,7 +284,8 @@ def with_reference(plan: Any, rt: Any, model: Any, log: Any = None) -> Any:
         pairs = getattr(plan, name)
         key = reference_key(pairs, plan, rt.dtype)
         ref = load_reference(key, len(pairs))
-        if ref is None:
+        (misses,) = rt.dist.sum([float(ref is None)])  # every rank computes, or none does
+        if misses:
             ref = compute_reference(model, plan, rt, pairs)
             if rt.is_main:
                 store_reference(key, ref)
