@@ -23,8 +23,10 @@ RISE_REL = 0.05
 RISE_ABS = 0.01
 # Training loss this low (nats/token) means the model reproduces its training answers verbatim.
 NEAR_ZERO = 0.05
-# Still learning fast at the end: the last evaluation improved validation loss by this much.
+# Still learning fast at the end: the last evaluation improved validation loss by this much...
 STILL_FALLING = 0.03
+# ...or the last three evaluations each improved on the one before, by this much in all.
+STILL_FALLING_3 = 0.02
 # Training loss that fell by less than this share did not learn much.
 BARELY_MOVED = 0.10
 
@@ -54,6 +56,7 @@ class RunSettings:
     lr: float | None = None
     epochs: float | None = None
     lora_r: int | None = None
+    out: str | None = None  # the run directory (the command that continues it)
 
 
 def _smoothed_tail(values: list[float]) -> float:
@@ -86,11 +89,19 @@ def _classify(train: list[float], evals: list[tuple[int, float]]) -> tuple[Statu
         previous = evals[-2][1] if len(evals) >= 2 else final
         drop = previous - final
         # Relative and absolute: 0.0118 -> 0.0106 is 10% but nothing left to learn.
-        still_falling = drop > STILL_FALLING * abs(previous) and drop > RISE_ABS
+        still_falling = (drop > STILL_FALLING * abs(previous) and drop > RISE_ABS) or _falling_steadily(evals)
         barely_moved = bool(train) and _smoothed_tail(train) > (1 - BARELY_MOVED) * _smoothed_head(train)
         if still_falling or barely_moved:
             return "underfitting", best_i
     return "healthy", best_i
+
+
+def _falling_steadily(evals: list[tuple[int, float]]) -> bool:
+    """The last three evaluations each lower than the one before, and clearly lower in all."""
+    if len(evals) < 3:
+        return False
+    a, b, c = (v for _, v in evals[-3:])
+    return a > b > c and a - c > STILL_FALLING_3 * abs(a) and a - c > RISE_ABS
 
 
 def _suggestions(status: Status, s: RunSettings, onset_epoch: float | None) -> list[str]:
@@ -112,7 +123,10 @@ def _suggestions(status: Status, s: RunSettings, onset_epoch: float | None) -> l
             out.append("dropout on the adapters (lora.dropout=0.1)" if lora else "weight decay (train.weight_decay=0.1)")
         return out
     if status == "underfitting":
+        more = f"{s.epochs * 2:g}" if s.epochs else "N"
         return [
+            *([f"continue this run for more epochs: tunecraft train --resume --out {s.out} --epochs {more}"]
+              if s.out else []),
             f"more epochs (train.epochs={s.epochs * 2:g})" if s.epochs else "more epochs",
             f"a higher learning rate (train.lr={s.lr * 2:g})" if s.lr else "a higher learning rate",
             *([f"a larger LoRA rank (lora.r={s.lora_r * 2})"] if lora and s.lora_r else []),
@@ -181,7 +195,7 @@ def run_verdict(run_dir: Path) -> Verdict:
     settings = RunSettings()
     if rundir.has_run(run_dir):
         cfg = rundir.read_config(run_dir)
-        settings = RunSettings(cfg.train.method, cfg.train.lr, cfg.train.epochs, cfg.lora.r)
+        settings = RunSettings(cfg.train.method, cfg.train.lr, cfg.train.epochs, cfg.lora.r, str(run_dir))
     return overfitting_verdict(
         [r for r in rows if r.get("type") == "train"],
         [r for r in rows if r.get("type") == "eval"],

@@ -44,8 +44,42 @@ def resolve_config(args: list[str], values: dict[str, Any], resume: bool) -> Run
         # A run directory may come from anyone: its own config never lets a model's code run.
         # Only this command's explicit `model.trust_remote_code=true` does.
         cfg.model.trust_remote_code = _asked_for_remote_code(overrides)
-        return cfg
+        return _extended(cfg, config_path, overrides, values)
     return build_config(config_path, overrides, values)
+
+
+EXTENDABLE = ("train.epochs", "train.max_steps")  # what --resume may change: how long the run goes on
+_RUNTIME = ("train.out", "train.sharding", "model.trust_remote_code")  # how it runs, not what it learns
+
+
+def _extended(cfg: RunConfig, config_path: str | None, overrides: list[str], values: dict[str, Any]) -> RunConfig:
+    """The recorded config, with --epochs / --max-steps to extend the run; any other change refused.
+
+    Changing what the run learns halfway (the LR, the data, the model) would silently make it
+    a different run, so only its length may change: the loop records the extension as a new
+    schedule segment.
+    """
+    asked = build_config(config_path, overrides, {k: v for k, v in values.items() if v is not None})
+    given = {k for k, v in values.items() if v is not None} | {o.partition("=")[0].strip() for o in overrides}
+    changed = [k for k in sorted(given - set(EXTENDABLE) - set(_RUNTIME)) if _get(asked, k) != _get(cfg, k)]
+    if config_path is not None or changed:
+        what = ", ".join(changed) if changed else f"the settings of {config_path}"
+        raise ConfigError(
+            f"--resume continues {cfg.train.out} with the settings it recorded; {what} cannot change "
+            "(only --epochs or --max-steps, to train it longer). Start a new run with another --out "
+            "to change them."
+        )
+    if not given & set(EXTENDABLE):
+        return cfg
+    cfg.train.epochs = asked.train.epochs if "train.epochs" in given else cfg.train.epochs
+    cfg.train.max_steps = asked.train.max_steps if "train.max_steps" in given else None
+    cfg.train.time_budget = None  # an extension runs its asked length, not the first budget's
+    return cfg
+
+
+def _get(cfg: RunConfig, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section, None), name, None)
 
 
 def _asked_for_remote_code(overrides: list[str]) -> bool:

@@ -69,6 +69,9 @@ class _State:
     elapsed_s: float = 0.0
     eval_s: float = 0.0  # of elapsed_s: validation passes
     checkpoint_s: float = 0.0  # of elapsed_s: checkpoints and model/ writes
+    # The LR schedule's segments, [first step, end step): one, unless the run was extended
+    # (--resume --epochs N after it ended), which starts a new warmup and decay.
+    segments: list[list[int]] = field(default_factory=list)
 
 
 class _StopSignal:
@@ -133,6 +136,7 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
         startup["reference_logps_s"] = round(time.perf_counter() - t0, 3)
     optimizer = build_optimizer(_trainable(model), s.lr, s.weight_decay, s.fused_optimizer)
     st = _restore(plan, rt, model, optimizer, log) if resume else _State()
+    _extend_schedule(plan, st, log)
     steps = plan_steps(len(plan.train), s.batch_size, plan.total_steps, s.seed)
     trainable, total_params = parameter_counts(model)
     log.event(
@@ -293,6 +297,32 @@ def _restore(plan: Plan, rt: Runtime, model: Any, optimizer: torch.optim.Optimiz
     return st
 
 
+def _extend_schedule(plan: Plan, st: _State, log: rundir.RunLog) -> None:
+    """Record the schedule's segments: one for a new run; a new one when a resumed run was asked
+    for a different length (`--resume --epochs N`): warmup and decay again over the new steps."""
+    if not st.segments:  # a new run, or a checkpoint from before segments were recorded
+        st.segments = [[0, plan.total_steps]]
+    end = st.segments[-1][1]
+    if end == plan.total_steps or st.step >= plan.total_steps:
+        return
+    st.segments.append([st.step, plan.total_steps])
+    epochs = plan.total_steps / steps_per_epoch(len(plan.train), plan.settings.batch_size)
+    log.event(
+        "segment",
+        f"extended from step {st.step} to {plan.total_steps} ({epochs:g} epochs in all): a new "
+        f"{plan.settings.schedule} schedule with {plan.settings.warmup_ratio:.0%} warmup over the "
+        f"{plan.total_steps - st.step} new steps (the run had {end} planned)",
+        step=st.step, start=st.step, end=plan.total_steps,
+    )
+
+
+def _schedule_factor(segments: list[list[int]], step: int, s: TrainSettings) -> float:
+    """The LR multiplier of `step` within its schedule segment."""
+    start, end = next(((a, b) for a, b in reversed(segments) if a <= step), (0, step + 1))
+    warmup = int(round(s.warmup_ratio * (end - start)))
+    return lr_factor(step - start, end - start, warmup, s.schedule)
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -377,13 +407,12 @@ def _run_steps(
     budget: _Budget | None = None,
 ) -> tuple[str, str]:
     s = plan.settings
-    warmup = int(round(s.warmup_ratio * plan.total_steps))
     per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
     t_start = time.time() - st.elapsed_s
     t_saved = time.time()  # the wall-clock cadence counts from this process's start
     for step_idx in range(st.step, plan.total_steps):
         saver.poll()  # a checkpoint written in the background: its event now, or its error
-        lr = s.lr * lr_factor(step_idx, plan.total_steps, warmup, s.schedule)
+        lr = s.lr * _schedule_factor(st.segments, step_idx, s)
         set_lr(optimizer, lr)
         batches = step_batches(plan, steps[step_idx], rt)
         t0 = time.time()
