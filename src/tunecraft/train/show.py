@@ -28,7 +28,8 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
     table.add_column(style="bold")
     table.add_column()
     table.add_row("model", f"{s.base_model} ({plan.n_params / 1e6:.1f}M parameters) at {plan.model.path}")
-    table.add_row("method", s.method + (f", {trainable:,} trainable parameters" if trainable else ""))
+    dpo = f", DPO on preference pairs (beta {s.dpo_beta:g})" if s.objective == "dpo" else ""
+    table.add_row("method", s.method + dpo + (f", {trainable:,} trainable parameters" if trainable else ""))
     table.add_row("data", f"{len(plan.train)} train / {len(plan.val)} validation examples "
                   f"({'file ' + str(cfg.data.val) if cfg.data.val else 'seeded split of train'})")
     table.add_row("tokens", f"{plan.train_tokens:,} per epoch, {plan.train_loss_tokens:,} loss-bearing")
@@ -55,7 +56,7 @@ def plan_json(plan: Plan, step_s: float | None = None) -> dict[str, Any]:
     """The plan as `train --dry-run --json` prints it (what the dashboard's New job page shows)."""
     s = plan.settings
     return {
-        "base_model": s.base_model, "n_params": plan.n_params, "method": s.method,
+        "base_model": s.base_model, "n_params": plan.n_params, "method": s.method, "objective": s.objective,
         "train_examples": len(plan.train), "val_examples": len(plan.val),
         "train_tokens": plan.train_tokens, "loss_tokens": plan.train_loss_tokens,
         "total_steps": plan.total_steps, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
