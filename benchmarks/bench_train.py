@@ -17,7 +17,6 @@ TRL is a benchmark-only dependency: `pip install -e ".[bench]"` (make bench does
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
 import datetime as dt
 import json
@@ -99,20 +98,18 @@ def _peak_rss_mb() -> float:
 
 
 def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
-    """TRL SFTTrainer with its defaults, in the benchmark's precision, loss on the answer only."""
+    """TRL's SFTTrainer as its users run it: its defaults (no evaluation, its own checkpoint
+    cadence), the benchmark's precision, loss on the answer only, then `save_model`."""
+    t_start = time.perf_counter()
     import torch
-    from datasets import Dataset
+    import trl  # noqa: F401  (its import time is part of the run)
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
+    t_import = time.perf_counter()
     torch.set_num_threads(args.threads)
-    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
-    # Conversational prompt/completion: TRL then masks the prompt (completion_only_loss).
-    data = Dataset.from_list([
-        {"prompt": [r["messages"][0]], "completion": [r["messages"][1]]} for r in rows
-    ])
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    t_load = time.perf_counter()
     step_times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -122,35 +119,60 @@ def run_trl(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Pa
         def on_step_end(self, *a: Any, **k: Any) -> None:
             step_times.append(time.perf_counter() - self.t0)
 
-    config = SFTConfig(
-        output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        max_length=args.max_length, bf16=args.precision == "bf16", use_cpu=True, seed=args.seed, logging_steps=10,
-        save_strategy="no", report_to=[], lr_scheduler_type="cosine",
-        warmup_steps=round(0.05 * math.ceil(len(rows) / args.batch_size) * args.epochs),
-        max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
-    )
-    peft_config = None
-    if args.method == "lora":  # tunecraft's LoRA defaults: r 16, alpha 32, every linear layer
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                         callbacks=[Timer()], peft_config=peft_config)
+    trainer = _trl_trainer(args, model, tokenizer, train_path, out, callbacks=[Timer()])
+    t_prepared = time.perf_counter()
     # Non-padding tokens TRL processes per epoch (its own tokenization, truncated to max_length).
     tokens = sum(min(len(x), args.max_length) for x in trainer.train_dataset["input_ids"])
     computed = _padded_positions(trainer, args)
     t0 = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - t0
-    trained = trainer.model.merge_and_unload() if args.method == "lora" else trainer.model
-    trained.save_pretrained(str(out / "model"))
+    t_trained = time.perf_counter()
+    if args.method == "lora":
+        trainer.model = trainer.model.merge_and_unload()
+    trainer.save_model(str(out / "model"))
     tokenizer.save_pretrained(str(out / "model"))
-    result = _timing(step_times, wall, tokens * args.epochs, len(step_times))
+    t_end = time.perf_counter()
+    result = _timing(step_times, t_trained - t0, tokens * args.epochs, len(step_times))
     result["computed_tokens"] = computed
     result["logit_tokens"] = computed  # its LM head runs on every position, padding included
+    result["breakdown_s"] = {
+        "import": round(t_import - t_start, 2), "load": round(t_load - t_import, 2),
+        "tokenize": round(t_prepared - t_load, 2), "steps": round(t_trained - t0, 2),
+        "eval": 0.0, "checkpoint": round(t_end - t_trained, 2),
+    }
     return result
+
+
+def _trl_trainer(args: argparse.Namespace, model: Any, tokenizer: Any, train_path: Path, out: Path,
+                 callbacks: list[Any] | None = None, eval_path: Path | None = None) -> Any:
+    """The SFTTrainer both the run and the scoring use (same tokenization and loss mask)."""
+    from trl import SFTConfig, SFTTrainer
+
+    def dataset(path: Path) -> Any:
+        from datasets import Dataset
+
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        # Conversational prompt/completion: TRL then masks the prompt (completion_only_loss).
+        return Dataset.from_list([{"prompt": [r["messages"][0]], "completion": [r["messages"][1]]} for r in rows])
+
+    train = dataset(train_path)
+    config = SFTConfig(
+        output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=8,
+        gradient_accumulation_steps=1, max_length=args.max_length, bf16=args.precision == "bf16",
+        use_cpu=True, seed=args.seed, logging_steps=10, report_to=[], lr_scheduler_type="cosine",
+        warmup_steps=round(0.05 * math.ceil(len(train) / args.batch_size) * args.epochs),
+        max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
+    )
+    peft_config = None
+    if args.method == "lora" and eval_path is None:  # tunecraft's LoRA defaults: r 16, alpha 32, all linears
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    return SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
+                      callbacks=callbacks or [], peft_config=peft_config,
+                      eval_dataset=dataset(eval_path) if eval_path is not None else None)
 
 
 def _padded_positions(trainer: Any, args: argparse.Namespace) -> int:
@@ -161,31 +183,67 @@ def _padded_positions(trainer: Any, args: argparse.Namespace) -> int:
     return int(total * args.epochs)
 
 
-def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, out: Path) -> dict[str, Any]:
-    from tunecraft.config import build_config
-    from tunecraft.train.loop import build, train
-    from tunecraft.rundir import read_jsonl
-
-    cfg = build_config(values={
-        "model.name": str(model_dir), "data.train": str(train_path), "data.val": str(train_path),
-        "data.max_length": args.max_length, "train.method": args.method, "train.epochs": args.epochs,
-        "train.lr": args.lr, "train.batch_size": args.batch_size, "train.seed": args.seed,
-        "train.out": str(out), "train.threads": args.threads, "train.patience": None,
-        "train.eval_every": 10_000, "train.save_every": 10_000, "train.engine": args.engine,
-        "train.schedule": "cosine", "train.warmup_ratio": 0.05, "train.precision": args.precision,
-    })
-    plan, rt = build(cfg)
-    plan = dataclasses.replace(plan, val=plan.val[:8])  # the loop's own validation is not what we time
-    t0 = time.perf_counter()
-    train(plan, rt)
-    wall = time.perf_counter() - t0
-    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
+def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, test_path: Path,
+                  out: Path) -> dict[str, Any]:
+    """`tunecraft train` as a user runs it: the CLI, its default evaluation and checkpoint
+    cadence, the test slice as --val; the numbers come from the run directory it writes."""
+    cmd = [str(Path(sys.executable).parent / "tunecraft"), "train", "--model", str(model_dir),
+           "--data", str(train_path), "--val", str(test_path), "--method", args.method,
+           "--epochs", str(args.epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
+           "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--out", str(out),
+           "--engine", args.engine, f"train.threads={args.threads}", f"train.precision={args.precision}"]
+    wall, rss_mb = _run_measured(cmd)
+    rows = [r for r in _jsonl(out / "metrics.jsonl") if r["type"] == "train"]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     step_times = [rows[0]["elapsed_s"]] + [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:])]
-    result = _timing(step_times, wall, rows[-1]["tokens_seen"], len(rows))
+    result = _timing(step_times, summary["time_breakdown"]["steps_s"], rows[-1]["tokens_seen"], len(rows))
+    result["whole_run_s"], result["peak_rss_mb"] = round(wall, 2), rss_mb
     # Positions the model really ran (a shared prompt prefix once per micro-batch, no padding).
     result["computed_tokens"] = rows[-1]["tokens_computed"]
     result["logit_tokens"] = rows[-1]["tokens"]  # the LM head runs on loss-bearing positions only
+    startup, parts = summary["startup_s"], summary["time_breakdown"]
+    known = sum(startup.values()) + summary["wall_s"]
+    result["breakdown_s"] = {
+        "import": round(max(0.0, wall - known), 2),  # interpreter, imports and what follows training
+        "load": round(startup.get("resolve_s", 0) + startup.get("load_model_s", 0), 2),
+        "tokenize": round(startup.get("validate_s", 0) + startup.get("tokenize_s", 0), 2),
+        "plan": round(startup.get("decide_s", 0) + startup.get("warmup_s", 0), 2),
+        "steps": parts["steps_s"], "eval": parts["eval_s"], "checkpoint": parts["checkpoint_s"],
+    }
+    result["background_write_s"] = summary.get("background_write_s")
+    result["evaluations"] = sum(1 for r in _jsonl(out / "metrics.jsonl") if r["type"] == "eval")
+    result["reported_val_loss"] = summary.get("final_val_loss_full") or summary.get("best_val_loss")
+    result["best_step"], result["steps_total"] = summary.get("best_step"), summary.get("steps")
     return result
+
+
+def _run_measured(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one child process; exits when it fails."""
+    output, wall, rss, code = _run_child(cmd)
+    if code != 0:
+        sys.stderr.write(output[-4000:])
+        raise SystemExit(f"failed: {' '.join(cmd[:3])} ...")
+    return wall, rss
+
+
+def _run_child(cmd: list[str]) -> tuple[str, float, float, int]:
+    """(stdout and stderr, wall seconds, peak RSS in MB, exit code) of one child process; its
+    own peak (wait4), not the largest of every child so far (RUSAGE_CHILDREN)."""
+    import tempfile
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        return log.read(), wall, round(usage.ru_maxrss / 1024, 1), proc.returncode
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _timing(step_times: list[float], wall: float, tokens: int, steps: int) -> dict[str, Any]:
@@ -204,7 +262,7 @@ def _timing(step_times: list[float], wall: float, tokens: int, steps: int) -> di
 
 
 def heldout_loss(model_dir: Path, test_path: Path, threads: int) -> float:
-    """The same scoring for both trained models: tunecraft's held-out loss on the test slice."""
+    """The one scoring for both trained models: tunecraft's held-out loss on the test slice."""
     import torch
 
     from tunecraft.data.loader import load_examples
@@ -216,32 +274,75 @@ def heldout_loss(model_dir: Path, test_path: Path, threads: int) -> float:
     return score(lm, tokenize_for(lm, load_examples(test_path))).loss
 
 
+def trl_eval_loss(args: argparse.Namespace, model_dir: Path, train_path: Path, test_path: Path,
+                  out: Path) -> float:
+    """TRL's own `eval_loss` of a trained model on the test slice (its tokenization and mask),
+    to tell a difference in the tokens scored from a difference in the models."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    if (model_dir / "model").is_dir():  # a tunecraft run directory: its deliverable
+        model_dir = model_dir / "model"
+    source = model_dir
+    if (model_dir / "adapter_config.json").is_file():  # a LoRA run: score the merged model
+        from peft import AutoPeftModelForCausalLM
+
+        merged = AutoPeftModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).merge_and_unload()
+        source = out / "merged"
+        merged.save_pretrained(str(source))
+        AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(source))
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    trainer = _trl_trainer(args, model, tokenizer, train_path, out, eval_path=test_path)
+    return float(trainer.evaluate()["eval_loss"])
+
+
 # ----------------------------------------------------------------------------- driver
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one side in this process and print its JSON result on the last line."""
+    """Run one job in this process and print its JSON result on the last line."""
     model_dir, train_path, test_path, out = (Path(p) for p in args.child_paths)
-    runner = run_trl if args.child == "trl" else run_tunecraft
-    result = runner(args, model_dir, train_path, out)
-    trained = out / "model" if args.child == "trl" else out
-    result["heldout_loss"] = round(heldout_loss(trained, test_path, args.threads), 4)
+    if args.child == "trl":
+        result = run_trl(args, model_dir, train_path, out)
+    else:  # score a trained model: the shared held-out loss and TRL's own eval_loss
+        result = {"heldout_loss": round(heldout_loss(model_dir, test_path, args.threads), 4)}
+        if args.child == "score+trl":
+            result["trl_eval_loss"] = round(trl_eval_loss(args, model_dir, train_path, test_path, out), 4)
     print("RESULT " + json.dumps(result))
 
 
-def _spawn(args: argparse.Namespace, side: str, paths: list[Path]) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", side, "--child-paths", *map(str, paths)]
+def _spawn(args: argparse.Namespace, job: str, paths: list[Path]) -> tuple[dict[str, Any], float, float]:
+    """A child job's result, its wall time and its peak RSS."""
+    cmd = [sys.executable, __file__, "--child", job, "--child-paths", *map(str, paths)]
     for key in ("train_examples", "test_examples", "epochs", "lr", "batch_size", "max_length",
                 "seed", "threads", "method", "engine", "precision"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    print(f"running {side} ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"{side} run failed")
-    return json.loads(lines[-1][len("RESULT "):])
+    print(f"running {job} ...", flush=True)
+    output, wall, rss, code = _run_child(cmd)
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    if code != 0 or not lines:
+        sys.stderr.write(output[-4000:])
+        raise SystemExit(f"{job} failed")
+    return json.loads(lines[-1][len("RESULT "):]), wall, rss
+
+
+def run_side(args: argparse.Namespace, side: str, model_dir: Path, train_path: Path, test_path: Path,
+             work: Path) -> dict[str, Any]:
+    """One side's whole run, then its model scored by the shared function (and by TRL's eval)."""
+    out = work / side
+    if side == "trl":
+        result, wall, rss = _spawn(args, "trl", [model_dir, train_path, test_path, out])
+        result["whole_run_s"], result["peak_rss_mb"] = round(wall, 2), rss
+        trained = out / "model"
+    else:
+        print("running tunecraft train ...", flush=True)
+        result = run_tunecraft(args, model_dir, train_path, test_path, out)
+        trained = out
+    scores, _, _ = _spawn(args, "score+trl" if args.trl_eval else "score", [trained, train_path, test_path, work / f"{side}-score"])
+    result.update(scores)
+    return result
 
 
 def _mfu(result: dict[str, Any], n_params: int, method: str, peak: float) -> float | None:
@@ -289,6 +390,8 @@ def main() -> None:
         "(AMX / AVX512-BF16), else fp32 (emulated bf16 matmuls run ~20x slower than fp32)",
     )
     parser.add_argument("--sides", default="trl,tunecraft", help="which runs, comma-separated")
+    parser.add_argument("--no-trl-eval", dest="trl_eval", action="store_false",
+                        help="skip TRL's own eval_loss of each trained model (the token-set check)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-paths", nargs=4, help=argparse.SUPPRESS)
@@ -313,7 +416,7 @@ def main() -> None:
     peak = matmul_peak_tflops(args.threads, args.precision)
     results: dict[str, Any] = {}
     for side in args.sides.split(","):
-        results[side] = _spawn(args, side, [model_dir, train_path, test_path, work / side])
+        results[side] = run_side(args, side, model_dir, train_path, test_path, work)
     # The shared machine's speed drifts: the best of a measurement before and after the runs.
     peak = max(peak, matmul_peak_tflops(args.threads, args.precision))
     for side in results:
@@ -330,7 +433,10 @@ def main() -> None:
     if "trl" in results and "tunecraft" in results:
         a, b = results["trl"], results["tunecraft"]
         report["ratios"] = {
-            "wall_time_tunecraft_over_trl": round(b["wall_s"] / a["wall_s"], 3),
+            "whole_run_tunecraft_over_trl": round(b["whole_run_s"] / a["whole_run_s"], 3),
+            "steps_time_tunecraft_over_trl": round(b["wall_s"] / a["wall_s"], 3),
+            "eval_and_checkpoint_share_tunecraft": round(
+                (b["breakdown_s"]["eval"] + b["breakdown_s"]["checkpoint"]) / b["whole_run_s"], 3),
             "steady_tokens_per_s_tunecraft_over_trl": round(b["steady_tokens_per_s"] / a["steady_tokens_per_s"], 2),
             "heldout_loss_rel_diff": round((b["heldout_loss"] - a["heldout_loss"]) / a["heldout_loss"], 4),
             "peak_rss_tunecraft_over_trl": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
@@ -359,12 +465,15 @@ def _machine() -> str:
 
 
 def _print(report: dict[str, Any]) -> None:
-    cols = ["wall_s", "warmup_s", "steady_tokens_per_s", "mfu", "hw_util", "peak_rss_mb", "heldout_loss"]
+    cols = ["whole_run_s", "wall_s", "warmup_s", "steady_tokens_per_s", "mfu", "hw_util", "peak_rss_mb",
+            "heldout_loss", "trl_eval_loss", "reported_val_loss"]
     print(f"\nmachine: {report['machine']}; {report['precision']} matmul peak "
           f"{report['matmul_peak_tflops']} TFLOP/s")
     print(f"{'side':<11}" + "".join(f"{c:>21}" for c in cols))
     for side, r in report["results"].items():
         print(f"{side:<11}" + "".join(f"{str(r.get(c)):>21}" for c in cols))
+    for side, r in report["results"].items():
+        print(f"  {side} breakdown (s): " + ", ".join(f"{k} {v}" for k, v in r.get("breakdown_s", {}).items()))
     for key, value in report.get("ratios", {}).items():
         print(f"  {key}: {value}")
 
