@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SCREENSHOTS
 from processes import ServiceProcess
 
 from tunecraft import rundir
 
 pytestmark = pytest.mark.browser
+SCREENSHOTS = Path(__file__).parent / "screenshots"  # as the page fixture's (tests/browser/conftest.py)
 FINAL = ("succeeded", "failed", "cancelled")
 
 
