@@ -432,20 +432,24 @@ def main() -> None:
     }
     if "trl" in results and "tunecraft" in results:
         a, b = results["trl"], results["tunecraft"]
+        share = (b["breakdown_s"]["eval"] + b["breakdown_s"]["checkpoint"]) / b["whole_run_s"]
         report["ratios"] = {
-            "whole_run_tunecraft_over_trl": round(b["whole_run_s"] / a["whole_run_s"], 3),
-            "steps_time_tunecraft_over_trl": round(b["wall_s"] / a["wall_s"], 3),
-            "eval_and_checkpoint_share_tunecraft": round(
-                (b["breakdown_s"]["eval"] + b["breakdown_s"]["checkpoint"]) / b["whole_run_s"], 3),
-            "steady_tokens_per_s_tunecraft_over_trl": round(b["steady_tokens_per_s"] / a["steady_tokens_per_s"], 2),
+            "whole_run_tunecraft_over_trl": _ratio(b["whole_run_s"], a["whole_run_s"], 3),
+            "steps_time_tunecraft_over_trl": _ratio(b["wall_s"], a["wall_s"], 3),
+            "steady_tokens_per_s_tunecraft_over_trl": _ratio(b["steady_tokens_per_s"], a["steady_tokens_per_s"], 2),
+            "eval_and_checkpoint_share_of_tunecraft_run": round(share, 3),
             "heldout_loss_rel_diff": round((b["heldout_loss"] - a["heldout_loss"]) / a["heldout_loss"], 4),
-            "peak_rss_tunecraft_over_trl": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
+            "peak_rss_tunecraft_over_trl": _ratio(b["peak_rss_mb"], a["peak_rss_mb"], 3),
         }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _print(report)
     print(f"written: {path}")
+
+
+def _ratio(x: float | None, y: float | None, digits: int) -> float | None:
+    return round(x / y, digits) if x and y else None
 
 
 def _head_params(model_dir: Path) -> int:
