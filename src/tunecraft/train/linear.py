@@ -90,6 +90,7 @@ class FastLinear(torch.nn.Linear):
 class Probe:
     onednn: bool  # use oneDNN for the forward products
     reason: str
+    seconds: float = 0.0  # what the probe took (reported with the start-up)
 
 
 def _paired_ratio(default: Any, onednn: Any, reps: int = 15) -> float:
@@ -111,13 +112,15 @@ def probe(hidden: int, intermediate: int) -> Probe:
     """Time torch's default fp32 linear against oneDNN's on a decoder-like shape (~0.2 s, once)."""
     if _ONEDNN is None or not torch.backends.mkldnn.is_available():
         return Probe(False, "oneDNN is not available in this torch build")
+    t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(384, hidden, generator=gen)
     w = torch.randn(intermediate, hidden, generator=gen)
     ratio = _paired_ratio(lambda: F.linear(x, w), lambda: _onednn_linear(x, w, None))
+    took = round(time.perf_counter() - t0, 3)
     if ratio >= MIN_GAIN:
-        return Probe(True, f"oneDNN forward products ({ratio:.2f}x the default BLAS on this CPU)")
-    return Probe(False, f"default BLAS (oneDNN measured {ratio:.2f}x, below {MIN_GAIN}x)")
+        return Probe(True, f"oneDNN forward products ({ratio:.2f}x the default BLAS on this CPU)", took)
+    return Probe(False, f"default BLAS (oneDNN measured {ratio:.2f}x, below {MIN_GAIN}x)", took)
 
 
 def use_fast_linears(model: torch.nn.Module) -> int:

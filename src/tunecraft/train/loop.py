@@ -129,7 +129,9 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     t0 = time.perf_counter()
     model, kernels = build_model(plan, rt)  # weights, LoRA, the kernel probe
     model = rt.dist.prepare(model, rt.dtype)  # before the optimizer sees the parameters
-    startup = {**plan.timings, "load_model_s": round(time.perf_counter() - t0, 3)}
+    probe_s = kernels.seconds if kernels is not None else 0.0
+    startup = {**plan.timings, "load_model_s": round(time.perf_counter() - t0 - probe_s, 3),
+               "kernel_probe_s": probe_s}
     if s.objective == "dpo":  # before a checkpoint is restored: the model as loaded is the reference
         t0 = time.perf_counter()
         plan = dpo.with_reference(plan, rt, model)
