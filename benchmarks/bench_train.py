@@ -208,6 +208,7 @@ def run_tunecraft(args: argparse.Namespace, model_dir: Path, train_path: Path, t
         "load": round(startup.get("resolve_s", 0) + startup.get("load_model_s", 0), 2),
         "tokenize": round(startup.get("validate_s", 0) + startup.get("tokenize_s", 0), 2),
         "plan": round(startup.get("decide_s", 0) + startup.get("warmup_s", 0), 2),
+        "kernel_probe": startup.get("kernel_probe_s", 0.0),
         "steps": parts["steps_s"], "eval": parts["eval_s"], "checkpoint": parts["checkpoint_s"],
     }
     result["background_write_s"] = summary.get("background_write_s")
