@@ -30,7 +30,10 @@ import torch
 
 from tunecraft.data.render import chat_segments, use_chat
 
-PRUNE_MARGIN = 12.0  # nats: a branch e^-12 (6e-6) times less likely than the best label is not expanded
+# nats: a branch e^-8 (3e-4) times less likely than the best label is not expanded. Measured on a
+# BANKING77 LoRA run (72 labels, 431 trie nodes): nodes fed per prompt 359 exact, 230 at 12, 128
+# at 8; the answer never changed and the top probability moved by at most 0.005 at 8.
+PRUNE_MARGIN = 8.0
 
 
 # ----------------------------------------------------------------------------- the trie

@@ -2,7 +2,7 @@
 
 Read from the source (every `import` and `from ... import`, lazy ones inside functions too), so
 a backward reach fails here before it becomes a habit. Shared, stage-free modules (config,
-errors, durable, rundir, curves, hardware, paths) may be imported by anyone.
+errors, durable, rundir, curves, labels, constrained, hardware, paths) may be imported by anyone.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_later_stages_read_runs_only_through_rundir(stage: str) -> None:
 def test_shared_modules_import_no_stage_but_models_and_data() -> None:
     """rundir, curves, config, durable, errors, paths, hardware: below every later stage."""
     bad = []
-    for name in ("rundir", "curves", "config", "durable", "errors", "paths", "hardware"):
+    for name in ("rundir", "curves", "labels", "constrained", "config", "durable", "errors", "paths", "hardware"):
         path = SRC / f"{name}.py"
         for line, module in _imports(path):
             if _stage(module) in {"train", "eval", "serve", "export"}:
