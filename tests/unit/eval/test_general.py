@@ -36,9 +36,9 @@ def test_kl_and_nll_by_hand_for_a_moved_model(tiny_model_dir: Path, tmp_path: Pa
     answer = generate(base, [ids], SamplingParams(max_tokens=6))[0]
     tail = answer.token_ids + ([base.eos_token_ids[0]] if answer.finish_reason == "stop" else [])
     seq = torch.tensor([ids + tail])
-    with base.activate() as m:
+    with base.activate() as m, torch.no_grad():
         lb = torch.log_softmax(m(input_ids=seq).logits[0, len(ids) - 1:-1].float(), -1)
-    with tuned.activate() as m:
+    with tuned.activate() as m, torch.no_grad():
         lt = torch.log_softmax(m(input_ids=seq).logits[0, len(ids) - 1:-1].float(), -1)
     kl = [float(sum(pb.exp() * (pb - pt))) for pb, pt in zip(lb, lt)]
     assert res.tokens == len(tail) and res.kl == pytest.approx(sum(kl) / len(kl), rel=1e-4)
