@@ -45,7 +45,7 @@ def test_dpo_run_end_to_end(tiny_model_dir: Path, tmp_path: Path, pairs) -> None
     run = tmp_path / "run"
     res = _run("train", "--model", str(tiny_model_dir), "--data", str(train), "--val", str(val),
                "--method", "dpo", "train.method=lora", "lora.r=4", "--epochs", "2", "--lr", "5e-3",
-               "--batch-size", "8", "train.dpo.beta=0.2", "--out", str(run))
+               "--batch-size", "8", "train.dpo.beta=0.2", "train.patience=null", "--out", str(run))
     assert res.returncode == 0, res.stderr + res.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["method"], summary["objective"]) == ("finished", "lora", "dpo")
