@@ -77,7 +77,7 @@ def test_job_request_validates_like_openai() -> None:
         "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 2.0}}}})
     assert via_method.hyper().learning_rate_multiplier == 2.0
     for bad in ({"suffix": "../x"}, {"seed": 2**40}, {"hyperparameters": {"n_epochs": 0}},
-                {"hyperparameters": {"learning_rate_multiplier": -1}}, {"method": {"type": "dpo"}}):
+                {"hyperparameters": {"learning_rate_multiplier": -1}}, {"method": {"type": "reinforcement"}}):
         with pytest.raises(ValueError):
             JobRequest.model_validate({"model": "m", "training_file": "f", **bad})
 

@@ -28,6 +28,7 @@ FORBIDDEN: dict[str, set[str]] = {
 # engine (eval and export verify with it). Everything else about a run comes through rundir.
 SHARED = {
     ("eval", "tunecraft.train.loss"),
+    ("eval", "tunecraft.train.dpo"),  # the DPO loss, scored in eval exactly as in training (like train.loss)
     ("eval", "tunecraft.serve.engine"),
     ("export", "tunecraft.serve.engine"),
 }
