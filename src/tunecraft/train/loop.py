@@ -37,7 +37,7 @@ from tunecraft.train.deliver import save_deliverable
 from tunecraft.train.lora import apply_lora
 from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
-from tunecraft.train.plan import WRITE_BYTES_PER_S, Plan, TrainSettings, Warmup, fit_budget, make_plan
+from tunecraft.train.plan import WRITE_BYTES_PER_S, Plan, checkpoint_bytes, TrainSettings, Warmup, fit_budget, make_plan
 from tunecraft.train.progress import Progress
 from tunecraft.train.runtime import Runtime, seed_everything, setup_runtime
 
@@ -231,7 +231,7 @@ def warm_up(plan: Plan, rt: Runtime, steps: int = 3) -> tuple[float, float, int]
         times.append(time.perf_counter() - t0)
     warm = sorted(times[1:]) or times  # the first step pays one-time costs
     trainable = sum(p.numel() for p in _trainable(model))
-    return warm[len(warm) // 2], load_s, trainable * 4 * 3  # fp32 weights + AdamW's two moments
+    return warm[len(warm) // 2], load_s, checkpoint_bytes(trainable)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -544,7 +544,7 @@ class _Budget:
         if s.time_budget_s is None:
             return None
         n_full = len(plan.val) if len(plan.eval_indices) < len(plan.val) else 0
-        return cls(s.time_budget_s - startup_s, len(plan.eval_indices), n_full, trainable * 4 * 3, s.batch_size)
+        return cls(s.time_budget_s - startup_s, len(plan.eval_indices), n_full, checkpoint_bytes(trainable), s.batch_size)
 
     def evaluated(self, seconds: float, examples: int) -> None:
         self.eval_s_per_example = seconds / max(1, examples)

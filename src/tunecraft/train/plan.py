@@ -324,6 +324,11 @@ EVAL_SHARE = 0.05  # the evaluation subsample is sized to ~5% of the steps' comp
 WRITE_BYTES_PER_S = 150e6  # a conservative disk write rate for the checkpoint estimate
 
 
+def checkpoint_bytes(trainable: int) -> int:
+    """Bytes a checkpoint writes for `trainable` parameters: fp32 weights and AdamW's two moments."""
+    return trainable * 4 * 3
+
+
 @dataclass(frozen=True)
 class Warmup:
     """What a short warm-up measured, for fitting a run into its time budget."""
