@@ -81,6 +81,23 @@ def preference_metrics(policy: torch.Tensor, reference: torch.Tensor | None, bet
     return out
 
 
+def paired_test(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Two systems' right/wrong on the same pairs: McNemar's exact test.
+
+    Only the pairs exactly one system gets right say which is better; under "equally good"
+    each of them is a fair coin, so the two-sided p-value is the binomial tail of the split.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_test needs the same pairs on both sides (got {len(a)} and {len(b)})")
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return {"pairs": len(a), "both_right": sum(1 for x, y in zip(a, b) if x and y),
+            "both_wrong": sum(1 for x, y in zip(a, b) if not x and not y),
+            "only_a": only_a, "only_b": only_b, "p_two_sided": min(1.0, 2 * tail)}
+
+
 def compare(tuned: Any, base: Any, examples: list[Example], beta: float) -> dict[str, dict[str, Any]]:
     """Base and tuned systems' metrics on the same pairs (tokenized with the tuned model's renderer)."""
     pairs = tokenize_pairs(tuned, examples)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from runs import build_lora_run
 from tiny import write_preference_data
 from tunecraft.data.loader import load_examples
-from tunecraft.eval.preference import compare, pair_logps, preference_metrics, tokenize_pairs
+from tunecraft.eval.preference import compare, pair_logps, paired_test, preference_metrics, tokenize_pairs
 from tunecraft.serve.engine import ModelCache, load_target
 
 
@@ -26,6 +26,19 @@ def test_metrics_are_the_formulas() -> None:
     assert m["dpo_loss"] == pytest.approx(float(-F.logsigmoid(margin).mean()))
     assert m["dpo_loss_ci95"] == pytest.approx(1.96 * float((-F.logsigmoid(margin)).std()) / 2)
     assert "preference_accuracy" not in preference_metrics(policy, None, 0.5)
+
+
+def test_paired_test_counts_the_discordant_pairs_and_gives_the_exact_binomial_p() -> None:
+    a = [True, True, True, True, False, False, True]
+    b = [True, False, False, False, True, False, True]
+    t = paired_test(a, b)
+    assert (t["both_right"], t["both_wrong"], t["only_a"], t["only_b"]) == (2, 1, 3, 1)
+    # 4 discordant pairs split 3:1; two-sided: 2 * P(X <= 1), X ~ Binomial(4, 1/2) = 2 * 5/16.
+    assert t["p_two_sided"] == pytest.approx(2 * (1 + 4) / 16)
+    assert paired_test(a, a)["p_two_sided"] == 1.0  # no discordant pair: no evidence either way
+    assert paired_test([True] * 6, [False] * 6)["p_two_sided"] == pytest.approx(2 / 64)
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_test(a, b[:-1])
 
 
 def test_compare_scores_the_answers_as_training_renders_them(tiny_model_dir: Path, tmp_path: Path) -> None:
