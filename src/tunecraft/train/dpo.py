@@ -273,11 +273,40 @@ def _reference_out(model: Any, batch: PairBatch | Batch, engine: str, with_accur
     return sequence_logps(model, batch, engine).float().cpu()
 
 
+def disable_dropout(model: Any) -> int:
+    """Turns the model's own dropout off for DPO; returns how many places had it on.
+
+    The reference log-probs are scored without dropout (eval mode). With dropout on in training,
+    the policy's log-probs of the very same weights differ from them by noise: before the first
+    step the margins are not 0, and every pair's gradient carries that noise instead of the
+    preference (TRL's DPOTrainer turns dropout off by default for the same reason). Covers
+    `nn.Dropout` modules and the attention-probability dropout Hugging Face attention modules
+    keep as a float attribute. LoRA's own dropout (`lora.dropout`, 0 unless set) is left as set:
+    at the start it multiplies a zero update, so it adds no such noise, and it was asked for.
+    """
+    changed = 0
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+        for attr in ("attention_dropout", "dropout"):
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and value > 0:
+                setattr(module, attr, 0.0)
+                changed += 1
+    return changed
+
+
 def with_reference(plan: Any, rt: Any, model: Any, log: Any = None) -> Any:
     """The plan with every train and validation pair carrying its reference log-probs.
 
-    Must run before a resumed checkpoint is loaded (full weights: the model is the reference).
+    Also turns the model's own dropout off (`disable_dropout`): the step's policy must score
+    like the reference did. Must run before a resumed checkpoint is loaded (full weights: the
+    model is the reference).
     """
+    disable_dropout(model)
     t0 = time.perf_counter()
     sets, reused = {}, []
     for name in ("train", "val"):

@@ -172,3 +172,48 @@ def test_sft_data_with_dpo_and_pairs_without_are_refused(tiny_model_dir: Path, p
         build(_cfg(tiny_model_dir, (chat_data, pair_files[1]), tmp_path / "a"))
     with pytest.raises(DataError, match="--method dpo"):
         build(_cfg(tiny_model_dir, pair_files, tmp_path / "b", **{"train.objective": "sft"}))
+
+
+def _with_dropout(tiny_model_dir: Path, out: Path, p: float) -> Path:
+    """A copy of the tiny model whose config asks for attention dropout."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir, out)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "attention_dropout": p}))
+    return out
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_dropout_is_off_in_dpo_so_the_untrained_policy_scores_like_its_reference(
+        tiny_model_dir: Path, pair_files, tmp_path: Path, engine: str) -> None:
+    """Before any step the policy is the reference: every margin must be 0 and the loss ln 2.
+    With the model's dropout on (what training mode gives) the margins are noise instead."""
+    model_dir = _with_dropout(tiny_model_dir, tmp_path / "model", 0.3)
+    plan, rt = build(_cfg(model_dir, pair_files, tmp_path / "run", **{"train.engine": engine}))
+    noisy, _ = build_model(plan, rt)  # training mode, the config's dropout on
+    torch.manual_seed(0)
+    cached = dpo.with_reference(plan, rt, noisy)
+    # The same reference log-probs on a model whose dropout was never turned off: not ln 2.
+    fresh, _ = build_model(plan, rt)
+    assert fresh.training and any(getattr(m, "attention_dropout", 0.0) == 0.3 for m in fresh.modules())
+    with torch.no_grad():
+        on = dpo.pair_loss(fresh, micro_batches(cached, list(range(8)), cached.train)[0], engine, beta=BETA)
+    assert (on.pair_losses - math.log(2)).abs().max() > 2e-3
+    # with_reference turned it off: in training mode, the policy now scores exactly like the reference.
+    assert noisy.training and dpo.disable_dropout(noisy) == 0
+    with torch.no_grad():
+        off = dpo.pair_loss(noisy, micro_batches(cached, list(range(8)), cached.train)[0], engine, beta=BETA)
+    torch.testing.assert_close(off.pair_losses, torch.full((8,), math.log(2)), rtol=0, atol=1e-5)
+
+
+def test_disable_dropout_leaves_the_asked_for_lora_dropout(tiny_model_dir: Path, pair_files, tmp_path: Path) -> None:
+    model_dir = _with_dropout(tiny_model_dir, tmp_path / "model", 0.3)
+    plan, rt = build(_cfg(model_dir, pair_files, tmp_path / "run", **{"train.method": "lora", "lora.r": 4,
+                                                                      "lora.dropout": 0.2}))
+    model, _ = build_model(plan, rt)
+    assert dpo.disable_dropout(model) > 0
+    lora = [m for n, m in model.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)]
+    assert lora and all(m.p == 0.2 for m in lora)
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.modules())
