@@ -665,7 +665,6 @@ class ValResult:
                 "val_examples": self.examples, "val_loss_ci95": self.ci95, **self.extra}
 
 
-@torch.inference_mode()
 def evaluate(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | None = None) -> ValResult:
     """Validation loss and token accuracy on `indices` of the validation set (default: all).
 
@@ -673,9 +672,28 @@ def evaluate(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | Non
     linearized variance, which needs a few clusters (at least 4) to mean anything.
     """
     s = plan.settings
-    if s.objective == "dpo":
-        with _autocast(rt, s.method):
-            return ValResult(**dpo.evaluate_pairs(model, plan, rt, indices))
+    with _without_grad(rt, s.method):
+        if s.objective == "dpo":
+            with _autocast(rt, s.method):
+                return ValResult(**dpo.evaluate_pairs(model, plan, rt, indices))
+        return _evaluate_sft(model, plan, rt, indices)
+
+
+def _without_grad(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any]:
+    """No autograd for an evaluation.
+
+    Under bf16 autocast over fp32 weights this is `no_grad`, not `inference_mode`: autocast keeps
+    a weight's bf16 cast for the whole pass only for tensors that require grad, which inference
+    mode hides, so every micro-batch cast every weight again (300 BANKING77 examples on the
+    default model: 7.1 s under inference mode, 4.0 s under no_grad).
+    """
+    if method == "full" and rt.dtype == torch.bfloat16:
+        return torch.no_grad()
+    return torch.inference_mode()
+
+
+def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | None) -> ValResult:
+    s = plan.settings
     was_training = model.training
     model.eval()
     chosen = list(range(len(plan.val))) if indices is None else list(indices)

@@ -168,3 +168,38 @@ def test_no_attention_crosses_documents(make_cfg) -> None:
     torch.testing.assert_close(out1[0, end_a:], out2[0, end_a:], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out1[0, :prefix], out2[0, :prefix], rtol=1e-6, atol=1e-6)
     assert not torch.allclose(out1[0, prefix:end_a], out2[0, prefix:end_a])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_attention_on_cpu_is_computed_in_fp32(autocast: bool) -> None:
+    """bf16 states (or bf16 autocast) on CPU attend in fp32: the output and the gradients are
+    the fp32 computation's, rounded to bf16 once (CPU's bf16 attention backward is much slower)."""
+    from tunecraft.data.batching import DocLayout
+    from tunecraft.train.attention import varlen_attention
+
+    torch.manual_seed(0)
+    T, L = 12, 6  # two documents of 6 tokens each, one bucket
+    layout = DocLayout([torch.arange(T).view(2, L)], torch.arange(T), 0)
+    source = [torch.randn(1, h, T, 8) for h in (4, 2, 2)]  # query heads 4, key/value heads 2
+
+    def run(fp32: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        q, k, v = (x.to(torch.bfloat16).requires_grad_(True) for x in source)
+        if fp32:
+            blocks = [x.detach().float().requires_grad_(True) for x in (q, k, v)]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                *(b[0].transpose(0, 1).reshape(2, L, -1, 8).transpose(1, 2) for b in blocks),
+                is_causal=True, enable_gqa=True)
+            out = o.transpose(1, 2).reshape(T, 4, 8).unsqueeze(0).to(torch.bfloat16)
+            out.float().pow(2).sum().backward()
+            return out, [b.grad.to(torch.bfloat16) for b in blocks]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, _ = varlen_attention(None, q, k, v, None, tunecraft_layout=layout)
+        assert out.dtype == torch.bfloat16
+        out.float().pow(2).sum().backward()
+        return out, [x.grad for x in (q, k, v)]
+
+    out, grads = run(fp32=False)
+    want, want_grads = run(fp32=True)
+    assert torch.equal(out, want)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)
