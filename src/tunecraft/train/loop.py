@@ -376,14 +376,15 @@ def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any
 # ----------------------------------------------------------------------------- batches
 
 
-def micro_batches(plan: Plan, indices: list[int], examples: list[Any]) -> list[Batch]:
-    """The examples at `indices` as micro-batches in the engine's layout."""
+def micro_batches(plan: Plan, indices: list[int], examples: list[Any], size: int | None = None) -> list[Batch]:
+    """The examples at `indices` as micro-batches in the engine's layout (`size`: the plan's)."""
     s = plan.settings
     if s.objective == "dpo":
         return dpo.micro_batches(plan, indices, examples)  # type: ignore[return-value]
+    size = size or s.micro_batch_size
     if s.engine == "fast":
-        return packed_batches(examples, indices, s.micro_batch_size)
-    return padded_batches(examples, indices, s.micro_batch_size, plan.tokenizer.pad_token_id)
+        return packed_batches(examples, indices, size)
+    return padded_batches(examples, indices, size, plan.tokenizer.pad_token_id)
 
 
 def step_batches(plan: Plan, indices: list[int], rt: Runtime) -> list[Batch]:
@@ -665,11 +666,17 @@ class ValResult:
                 "val_examples": self.examples, "val_loss_ci95": self.ci95, **self.extra}
 
 
+# An evaluation keeps no activations for a backward pass, so its micro-batches can hold more
+# examples than a training step's: 300 BANKING77 examples on the default model, full bf16,
+# took 4.9 s at 16 examples per micro-batch and 3.9 s at 64.
+EVAL_BATCH_FACTOR = 4
+
+
 def evaluate(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | None = None) -> ValResult:
     """Validation loss and token accuracy on `indices` of the validation set (default: all).
 
-    The interval treats each evaluated micro-batch as a cluster of tokens: the ratio estimator's
-    linearized variance, which needs a few clusters (at least 4) to mean anything.
+    The interval treats each evaluated example as a cluster of tokens: the ratio estimator's
+    linearized variance, which needs a few examples (at least 4) to mean anything.
     """
     s = plan.settings
     with _without_grad(rt, s.method):
@@ -698,14 +705,14 @@ def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] 
     model.eval()
     chosen = list(range(len(plan.val))) if indices is None else list(indices)
     mine = rt.dist.share(chosen)  # each rank its share
-    per = s.micro_batch_size * 2
-    batches = [b for at in range(0, len(mine), per) for b in micro_batches(plan, mine[at : at + per], plan.val)]
-    sums: list[tuple[float, int]] = []  # (loss sum, loss tokens) per micro-batch
+    batches = micro_batches(plan, mine, plan.val, s.micro_batch_size * EVAL_BATCH_FACTOR)
+    sums: list[tuple[float, int]] = []  # (loss sum, loss tokens) per example
     correct = 0
     with _autocast(rt, s.method):
         for batch in rt.dist.micro_batches(batches):
             out = rt.dist.loss(model, batch.to(rt.device), s.engine, with_accuracy=True)
-            sums.append((float(out.loss_sum), batch.n_loss))
+            if out.example_sums is not None and out.example_tokens is not None:
+                sums += zip(out.example_sums.tolist(), out.example_tokens.tolist())
             correct += int(out.n_correct)
     total, count = sum(x for x, _ in sums), sum(n for _, n in sums)
     total, correct, count = rt.dist.sum([total, correct, count])
@@ -717,7 +724,7 @@ def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] 
 
 
 def _ratio_ci95(sums: list[tuple[float, int]], mean: float) -> float | None:
-    """95% half-width of sum(loss)/sum(tokens) over clusters (linearized ratio estimator)."""
+    """95% half-width of sum(loss)/sum(tokens) with examples as clusters (linearized ratio estimator)."""
     clusters = [(x, n) for x, n in sums if n > 0]
     k = len(clusters)
     if k < 4:

@@ -33,6 +33,35 @@ CHUNK_TOKENS = 1024  # rows of the LM head computed at once in the fast path
 class LossOut:
     loss_sum: torch.Tensor  # scalar, fp32: sum of -log p(target) over loss-bearing targets
     n_correct: torch.Tensor  # scalar: argmax == target count (for token accuracy)
+    # Evaluation only (with_accuracy): per example of the micro-batch, its summed loss and its
+    # loss-bearing targets, so an interval can treat examples (not micro-batches) as clusters.
+    example_sums: torch.Tensor | None = None  # (examples,) fp32
+    example_tokens: torch.Tensor | None = None  # (examples,) int64
+
+
+def example_ids(batch: Batch) -> torch.Tensor:
+    """The micro-batch's example of each loss-bearing target, in row-major order: (N,) int64.
+
+    Padded: one example per row. Packed: an example's own tokens start where the positions
+    stop rising (each starts again at 0, or at the shared prefix's length; the prefix itself
+    bears no loss and counts with the first example).
+    """
+    mask = batch.labels != IGNORE
+    if batch.layout is None:
+        rows = torch.arange(batch.labels.shape[0], device=batch.labels.device)
+        return rows.unsqueeze(1).expand_as(batch.labels)[mask]
+    pos = batch.position_ids[0]
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[1:] = pos[1:] <= pos[:-1]
+    return (torch.cumsum(starts.long(), 0) - 1)[mask[0]]
+
+
+def _per_example(batch: Batch, target_losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and loss-bearing targets per example, from per-target losses in row-major order."""
+    ids = example_ids(batch).to(target_losses.device)
+    n = int(ids.max()) + 1 if ids.numel() else 0
+    sums = torch.zeros(n, dtype=torch.float32, device=ids.device).index_add_(0, ids, target_losses.float())
+    return sums.cpu(), torch.bincount(ids, minlength=n).cpu()
 
 
 def supports_fast_path(model: Any) -> bool:
@@ -44,7 +73,7 @@ def supports_fast_path(model: Any) -> bool:
     )
 
 
-def reference_loss(model: Any, batch: Batch) -> LossOut:
+def reference_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
     assert batch.layout is None, "the reference path takes padded batches"
     logits = model(
         input_ids=batch.input_ids,
@@ -54,20 +83,18 @@ def reference_loss(model: Any, batch: Batch) -> LossOut:
     ).logits  # (B, T, V)
     flat = logits.reshape(-1, logits.shape[-1]).float()
     targets = batch.labels.reshape(-1)
-    loss_sum = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum")
     mask = targets != IGNORE
     n_correct = (flat.detach().argmax(-1)[mask] == targets[mask]).sum()
+    if with_accuracy:  # evaluation: per-target losses, summed per example too
+        losses = F.cross_entropy(flat[mask], targets[mask], reduction="none")
+        return LossOut(losses.sum(), n_correct, *_per_example(batch, losses))
+    loss_sum = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum")
     return LossOut(loss_sum, n_correct)
 
 
 def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, onednn: bool) -> torch.Tensor:
     logits = linear(hidden, weight, None, onednn).float()  # (N, V)
     return F.cross_entropy(logits, targets, reduction="sum")
-
-
-def _chunk_correct(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, onednn: bool) -> torch.Tensor:
-    with torch.no_grad():
-        return (linear(hidden, weight, None, onednn).argmax(-1) == targets).sum()
 
 
 def sparse_embedding_grad(inner: Any) -> bool:
@@ -136,6 +163,8 @@ def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
     correct = torch.zeros((), dtype=torch.long)
     chunked = h.shape[0] > CHUNK_TOKENS  # one chunk's logits may stay alive for backward
     onednn = isinstance(head, FastLinear)  # the LM head's product like the other linears'
+    if with_accuracy:  # evaluation: per-target losses (summed per example too) and accuracy
+        return _evaluate_targets(batch, h, head.weight, targets, onednn)
     for start in range(0, h.shape[0], CHUNK_TOKENS):
         hc, tc = h[start : start + CHUNK_TOKENS], targets[start : start + CHUNK_TOKENS]
         if torch.is_grad_enabled() and chunked:
@@ -143,16 +172,27 @@ def fast_loss(model: Any, batch: Batch, with_accuracy: bool = False) -> LossOut:
             total = total + checkpoint(_chunk_ce, hc, head.weight, tc, onednn, use_reentrant=False)
         else:
             total = total + _chunk_ce(hc, head.weight, tc, onednn)
-        if with_accuracy:
-            correct = correct + _chunk_correct(hc, head.weight, tc, onednn).cpu()
     return LossOut(total, correct)
+
+
+def _evaluate_targets(batch: Batch, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, onednn: bool
+                      ) -> LossOut:
+    """Loss and accuracy from one LM-head product per chunk (evaluation: nothing kept for backward)."""
+    losses, correct = [], torch.zeros((), dtype=torch.long)
+    for start in range(0, h.shape[0], CHUNK_TOKENS):
+        tc = targets[start : start + CHUNK_TOKENS]
+        logits = linear(h[start : start + CHUNK_TOKENS], weight, None, onednn).float()
+        losses.append(F.cross_entropy(logits, tc, reduction="none"))
+        correct = correct + (logits.argmax(-1) == tc).sum().cpu()
+    flat = torch.cat(losses) if losses else h.new_zeros((0,), dtype=torch.float32)
+    return LossOut(flat.sum(), correct, *_per_example(batch, flat))
 
 
 def compute_loss(model: Any, batch: Batch, engine: str, with_accuracy: bool = False) -> LossOut:
     """Summed masked cross-entropy of one micro-batch with the chosen implementation."""
     if engine == "fast" and supports_fast_path(model):
         return fast_loss(model, batch, with_accuracy)
-    return reference_loss(model, batch)
+    return reference_loss(model, batch, with_accuracy)
 
 
 # ----------------------------------------------------------------------------- per-target log-probs

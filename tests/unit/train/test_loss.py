@@ -203,3 +203,25 @@ def test_bf16_attention_on_cpu_is_computed_in_fp32(autocast: bool) -> None:
     assert torch.equal(out, want)
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_evaluation_sums_each_example_apart(make_cfg, engine: str) -> None:
+    """Evaluation's per-example sums (the interval's clusters) are each example's loss alone,
+    packed with a shared prefix or padded, and add up to the micro-batch's loss."""
+    plan, _ = build(make_cfg())
+    model = load_model(plan.model.path).eval()
+    examples, idx = plan.train[:5], list(range(5))
+
+    def batches(group, ids):
+        return packed_batches(group, ids, len(ids)) if engine == "fast" else padded_batches(group, ids, len(ids), 0)
+
+    with torch.no_grad():
+        (batch,) = batches(examples, idx)
+        out = compute_loss(model, batch, engine, with_accuracy=True)
+        alone = [compute_loss(model, batches([e], [0])[0], engine, with_accuracy=True) for e in examples]
+    assert engine != "fast" or batch.layout.shared_prefix > 0  # the prefix is stored once
+    torch.testing.assert_close(out.example_sums, torch.stack([a.loss_sum for a in alone]), rtol=1e-4, atol=1e-4)
+    assert out.example_tokens.tolist() == [b.n_loss for e in examples for b in batches([e], [0])]
+    torch.testing.assert_close(out.example_sums.sum(), out.loss_sum, rtol=1e-5, atol=1e-5)
+    assert int(out.n_correct) == sum(int(a.n_correct) for a in alone)
