@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 
 from tunecraft import rundir
 from tunecraft.serve.app import APIError
@@ -23,10 +22,11 @@ from tunecraft.serve.engine import LoadedModel, ModelCache, load_target
 from tunecraft.service import dashboard, objects
 from tunecraft.service.files import MAX_FILE_BYTES, PURPOSES, UploadTooLarge, save_upload
 from tunecraft.service.ids import new_id
-from tunecraft.service.jobs import DEFAULT_SEED, JobRequest
+from tunecraft.service.jobs import DEFAULT_SEED
 from tunecraft.service.runner import Runner, RunnerSettings
 from tunecraft.service.store import Store
 from tunecraft.service.tasks import Tasks
+from tunecraft.service.validate import file_or_404, job_or_404, json_body, parse_job, service_of
 
 CHUNK = 1 << 20
 
@@ -116,24 +116,6 @@ def service_factory(data_dir: Path, max_jobs: int = 1, job_settings: list[str] |
 # ----------------------------------------------------------------------------- helpers
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.extension
-
-
-def _file_or_404(service: Service, file_id: str, param: str = "file_id") -> dict[str, Any]:
-    row = service.store.file(file_id)
-    if row is None:
-        raise APIError(404, f"No such File object: {file_id}", param=param, code="file_not_found")
-    return row
-
-
-def _job_or_404(service: Service, job_id: str) -> dict[str, Any]:
-    row = service.store.job(job_id)
-    if row is None:
-        raise APIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
-    return row
-
-
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK):
         yield chunk
@@ -143,7 +125,7 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 
 async def create_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> dict[str, Any]:
-    service = _service(request)
+    service = service_of(request)
     if purpose not in PURPOSES:
         raise APIError(400, f"purpose {purpose!r} is not supported here; use one of {', '.join(PURPOSES)}", param="purpose")
     try:
@@ -156,21 +138,21 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
 
 async def list_files(request: Request, purpose: str | None = None, after: str | None = None,
                      limit: int = Query(10000, ge=1, le=10000)) -> dict[str, Any]:
-    return objects.list_object(_service(request).store.files(purpose, after, limit), objects.file_object)
+    return objects.list_object(service_of(request).store.files(purpose, after, limit), objects.file_object)
 
 
 async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
-    return objects.file_object(_file_or_404(_service(request), file_id))
+    return objects.file_object(file_or_404(service_of(request), file_id))
 
 
 async def file_content(request: Request, file_id: str) -> FileResponse:
-    row = _file_or_404(_service(request), file_id)
+    row = file_or_404(service_of(request), file_id)
     return FileResponse(row["path"], media_type="application/octet-stream")
 
 
 async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
-    service = _service(request)
-    _file_or_404(service, file_id)
+    service = service_of(request)
+    file_or_404(service, file_id)
     service.store.delete_file(file_id)  # the bytes stay until no job needs them (jobs keep working)
     return {"id": file_id, "object": "file", "deleted": True}
 
@@ -178,28 +160,15 @@ async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- jobs
 
 
-def _parse_job(body: Any) -> JobRequest:
-    try:
-        return JobRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
-
-
 async def create_job(request: Request) -> dict[str, Any]:
-    service = _service(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "the body is not valid JSON") from None
-    req = _parse_job(body)
+    service = service_of(request)
+    req = parse_job(await json_body(request))
     if req.model not in service.base_targets:
         raise APIError(400, f"model {req.model!r} cannot be fine-tuned here; base models served: "
                        f"{', '.join(service.base_targets) or 'none'}", param="model", code="model_not_available")
-    _file_or_404(service, req.training_file, "training_file")
+    file_or_404(service, req.training_file, "training_file")
     if req.validation_file:
-        _file_or_404(service, req.validation_file, "validation_file")
+        file_or_404(service, req.validation_file, "validation_file")
     job_id = new_id("ftjob")
     hyper = req.hyper().model_dump()
     row = {
@@ -214,53 +183,53 @@ async def create_job(request: Request) -> dict[str, Any]:
     service.store.add_job(row)
     service.store.add_event(job_id, "created", f"Created fine-tuning job: {job_id}")
     service.runner.wake()
-    return objects.job_object(_job_or_404(service, job_id))
+    return objects.job_object(job_or_404(service, job_id))
 
 
 async def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
-    return objects.list_object(_service(request).store.jobs(after, limit), objects.job_object)
+    return objects.list_object(service_of(request).store.jobs(after, limit), objects.job_object)
 
 
 async def retrieve_job(request: Request, job_id: str) -> dict[str, Any]:
-    return objects.job_object(_job_or_404(_service(request), job_id))
+    return objects.job_object(job_or_404(service_of(request), job_id))
 
 
 def _control(service: Service, job_id: str, allowed: tuple[str, ...], verb: str, **fields: Any) -> dict[str, Any]:
-    job = _job_or_404(service, job_id)
+    job = job_or_404(service, job_id)
     if not service.store.transition(job_id, allowed, **fields):
         raise APIError(400, f"a {job['status']} job cannot be {verb}", param="fine_tuning_job_id", code="invalid_state")
     service.runner.wake()
-    return objects.job_object(_job_or_404(service, job_id))
+    return objects.job_object(job_or_404(service, job_id))
 
 
 async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
-    service = _service(request)
+    service = service_of(request)
     return _control(service, job_id, ("validating_files", "queued", "running", "paused"), "cancelled",
                     status="cancelled", requested="cancel", finished_at=int(time.time()), estimated_finish=None)
 
 
 async def pause_job(request: Request, job_id: str) -> dict[str, Any]:
-    return _control(_service(request), job_id, ("queued", "running"), "paused", status="paused", requested="pause")
+    return _control(service_of(request), job_id, ("queued", "running"), "paused", status="paused", requested="pause")
 
 
 async def resume_job(request: Request, job_id: str) -> dict[str, Any]:
-    service = _service(request)
-    job = _job_or_404(service, job_id)
+    service = service_of(request)
+    job = job_or_404(service, job_id)
     resumable = int(bool(rundir.complete_checkpoints(Path(job["run_dir"]))))
     return _control(service, job_id, ("paused",), "resumed", status="queued", requested=None, resume=resumable)
 
 
 async def job_events(request: Request, job_id: str, after: str | None = None,
                      limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
-    service = _service(request)
-    _job_or_404(service, job_id)
+    service = service_of(request)
+    job_or_404(service, job_id)
     return objects.list_object(service.store.events(job_id, after, limit), objects.event_object)
 
 
 async def job_checkpoints(request: Request, job_id: str, after: str | None = None,
                           limit: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
-    service = _service(request)
-    job = _job_or_404(service, job_id)
+    service = service_of(request)
+    job = job_or_404(service, job_id)
     kept = rundir.checkpoint_steps(Path(job["run_dir"]))
     page = service.store.checkpoints(job_id, after, limit)
     page.rows[:] = [r for r in page.rows if r["step"] in kept]  # only those still servable

@@ -36,6 +36,7 @@ from tunecraft.serve.app import APIError
 from tunecraft.service import objects
 from tunecraft.service.ids import new_id
 from tunecraft.service.jobs import DEFAULT_SEED, SETTING_KEYS, JobRequest, train_command
+from tunecraft.service.validate import file_or_404, job_or_404, json_body, json_object, parse_job, service_of
 
 if TYPE_CHECKING:
     from tunecraft.service.api import Service
@@ -66,32 +67,14 @@ EVAL_SUMMARY_KEYS = ("examples", "main_metric", "answer_kind", "systems", "compa
                      "data_stats")
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.extension
-
-
 def _names(service: Service, *file_ids: str | None) -> dict[str, str]:
     """Server path -> the client's file name, for every file named."""
     out: dict[str, str] = {}
     for fid in file_ids:
         if fid:
-            row = _file(service, fid)
+            row = file_or_404(service, fid)
             out[row["path"]] = row["filename"]
     return out
-
-
-def _file(service: Service, file_id: str) -> dict[str, Any]:
-    row = service.store.file(file_id)
-    if row is None:
-        raise APIError(404, f"No such File object: {file_id}", param="file_id", code="file_not_found")
-    return row
-
-
-def _job(service: Service, job_id: str) -> dict[str, Any]:
-    row = service.store.job(job_id)
-    if row is None:
-        raise APIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
-    return row
 
 
 def _base_target(service: Service, model: str | None) -> str:
@@ -122,7 +105,7 @@ def asset(_request: Request, name: str) -> FileResponse:
 
 
 async def info(request: Request) -> dict[str, Any]:
-    service = _service(request)
+    service = service_of(request)
     return {"base_models": list(service.base_targets), "tuned_models": await run_in_threadpool(service.listed),
             "setting_keys": list(SETTING_KEYS), "export_formats": list(EXPORT_FORMATS)}
 
@@ -130,7 +113,7 @@ async def info(request: Request) -> dict[str, Any]:
 def _check(service: Service, file_id: str, val_id: str | None, model: str | None) -> dict[str, Any]:
     from tunecraft.data.check import check_data
 
-    train, val = _file(service, file_id), _file(service, val_id) if val_id else None
+    train, val = file_or_404(service, file_id), file_or_404(service, val_id) if val_id else None
     target = _base_target(service, model)
     try:
         report = check_data(Path(train["path"]), val=Path(val["path"]) if val else None, model=target)
@@ -169,7 +152,7 @@ def _examples(path: Path, target: str, max_length: int | None) -> list[dict[str,
 
 async def check_file(request: Request, file_id: str, validation_file: str | None = None,
                      model: str | None = None) -> dict[str, Any]:
-    return await run_in_threadpool(_check, _service(request), file_id, validation_file, model)
+    return await run_in_threadpool(_check, service_of(request), file_id, validation_file, model)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -179,8 +162,8 @@ _plan_lock = threading.Lock()  # one dry run at a time: each loads the model and
 
 def _plan(service: Service, req: JobRequest) -> dict[str, Any]:
     target = _base_target(service, req.model)
-    train = _file(service, req.training_file)
-    val = _file(service, req.validation_file) if req.validation_file else None
+    train = file_or_404(service, req.training_file)
+    val = file_or_404(service, req.validation_file) if req.validation_file else None
     preview = service.data_dir / "previews" / new_id("plan")
     job = {"run_dir": str(preview / "run"), "resume": 0, "seed": req.seed if req.seed is not None else DEFAULT_SEED,
            "hyperparameters": req.hyper().model_dump(), "method": {"settings": req.settings}}
@@ -206,13 +189,8 @@ def _plan(service: Service, req: JobRequest) -> dict[str, Any]:
 
 
 async def plan(request: Request) -> dict[str, Any]:
-    from tunecraft.service.api import _parse_job
-
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "the body is not valid JSON") from None
-    return await run_in_threadpool(_plan, _service(request), _parse_job(body))
+    req = parse_job(await json_body(request))
+    return await run_in_threadpool(_plan, service_of(request), req)
 
 
 # ----------------------------------------------------------------------------- a job's run
@@ -247,7 +225,7 @@ def _eval_summary(run: Path) -> dict[str, Any] | None:
 
 
 def _run_view(service: Service, job_id: str) -> dict[str, Any]:
-    job = _job(service, job_id)
+    job = job_or_404(service, job_id)
     run = Path(job["run_dir"])
     summary = rundir.read_summary(run) if (run / rundir.SUMMARY).is_file() else {}
     total = None
@@ -261,11 +239,11 @@ def _run_view(service: Service, job_id: str) -> dict[str, Any]:
 
 
 async def run_view(request: Request, job_id: str) -> dict[str, Any]:
-    return await run_in_threadpool(_run_view, _service(request), job_id)
+    return await run_in_threadpool(_run_view, service_of(request), job_id)
 
 
 async def report(request: Request, job_id: str) -> HTMLResponse:
-    run = Path(_job(_service(request), job_id)["run_dir"])
+    run = Path(job_or_404(service_of(request), job_id)["run_dir"])
     path = run / rundir.REPORT
     if not path.is_file():
         raise APIError(404, "this job has no report yet: evaluate it first", code="report_not_found")
@@ -276,17 +254,17 @@ async def report(request: Request, job_id: str) -> HTMLResponse:
 
 
 def _succeeded(service: Service, job_id: str) -> dict[str, Any]:
-    job = _job(service, job_id)
+    job = job_or_404(service, job_id)
     if job["status"] != "succeeded":
         raise APIError(400, f"a {job['status']} job has no model yet", param="fine_tuning_job_id", code="invalid_state")
     return job
 
 
 async def start_eval(request: Request, job_id: str) -> dict[str, Any]:
-    service = _service(request)
+    service = service_of(request)
     job = _succeeded(service, job_id)
-    body = await _json(request)
-    test = _file(service, str(body.get("test_file") or ""))
+    body = await json_object(request)
+    test = file_or_404(service, str(body.get("test_file") or ""))
     args = ["eval", job["run_dir"], "--data", test["path"]]
     if body.get("limit") is not None:
         if not isinstance(body["limit"], int) or body["limit"] < 1:
@@ -326,9 +304,9 @@ def _exports(service: Service, job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def start_export(request: Request, job_id: str) -> dict[str, Any]:
-    service = _service(request)
+    service = service_of(request)
     job = _succeeded(service, job_id)
-    fmt = (await _json(request)).get("format")
+    fmt = (await json_object(request)).get("format")
     if fmt not in EXPORT_FORMATS:
         raise APIError(400, f"format: one of {', '.join(EXPORT_FORMATS)}", param="format")
     out = _export_dir(job, fmt)
@@ -337,16 +315,6 @@ async def start_export(request: Request, job_id: str) -> dict[str, Any]:
     if task is None:
         raise APIError(409, f"a {fmt} export of this job is already running", code="already_running")
     return task.to_json()
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "the body must be a JSON object")
-    return body
 
 
 def add_routes(r: APIRouter) -> None:
