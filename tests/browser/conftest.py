@@ -7,6 +7,8 @@ without it fails these tests with the command that installs it (`make test` runs
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,14 +51,51 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.stop()
 
 
+LABELS = {"refund": "money back refund", "card_arrival": "card arrive delivery", "balance": "how much balance"}
+NOISE_WORDS = "the quick brown fox jumps over lazy dog hello help order ships card refund thanks".split()
+
+
+def _write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for user, answer in rows:
+            fh.write(json.dumps({"messages": [{"role": "user", "content": user},
+                                              {"role": "assistant", "content": answer}]}) + "\n")
+    return path
+
+
+def write_label_data(path: Path, n: int, seed: int) -> Path:
+    """A closed-label task (three intents): eval adds the classical TF-IDF baseline for it."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(LABELS))
+        rows.append((f"{rng.choice(['hi', 'hello'])} {LABELS[label]} {rng.randrange(50)}", label))
+    return _write_rows(path, rows)
+
+
+def write_noise_data(path: Path, n: int, seed: int) -> Path:
+    """Answers of random words: nothing to generalize beyond the word list, so a long run at a
+    high learning rate memorizes training and validation loss turns up (an overfitting onset)."""
+    rng = random.Random(seed)
+    return _write_rows(path, [(f"say something {rng.randrange(1000)}", " ".join(rng.choice(NOISE_WORDS) for _ in range(8)))
+                              for _ in range(n)])
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("browser-data")
     bad = root / "broken.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n'
                    '{not json\n{"messages": [{"role": "robot", "content": "x"}]}\n', encoding="utf-8")
-    return {"train": write_chat_data(root / "support.jsonl", 48, seed=3),
-            "val": write_chat_data(root / "support-val.jsonl", 16, seed=4), "bad": bad}
+    train = write_chat_data(root / "support.jsonl", 48, seed=3)
+    leaky = write_chat_data(root / "support-leaky-val.jsonl", 15, seed=4)
+    with open(leaky, "a", encoding="utf-8") as fh:  # its line 16 is training line 1: a leak
+        fh.write(train.read_text(encoding="utf-8").splitlines()[0] + "\n")
+    return {"train": train, "val": write_chat_data(root / "support-val.jsonl", 16, seed=4), "leaky_val": leaky,
+            "bad": bad, "labels": write_label_data(root / "intents.jsonl", 80, 1),
+            "labels_val": write_label_data(root / "intents-val.jsonl", 24, 2),
+            "labels_test": write_label_data(root / "intents-test.jsonl", 20, 3),
+            "noise": write_noise_data(root / "noise.jsonl", 32, 1), "noise_val": write_noise_data(root / "noise-val.jsonl", 16, 2)}
 
 
 @pytest.fixture

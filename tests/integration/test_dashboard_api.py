@@ -151,6 +151,10 @@ def test_a_jobs_curves_verdict_eval_and_export(server: ServiceProcess, files: di
     written = rundir.read_eval(run)
     assert view["eval"]["systems"] == written["systems"] and {"base", "prompted", "tuned"} <= set(written["systems"])
     assert view["eval"]["ship"] == written["ship"] and view["eval"]["has_report"]
+    # The test file by the client's name, as the data check does: server paths never reach the page.
+    assert view["eval"]["test_file"] == {"id": test_id, "filename": "test.jsonl"}
+    assert str(server.data_dir / "files") not in json.dumps(view["eval"])
+    assert all(c["where"].startswith("test.jsonl:") for kind in ("fixed", "broken") for c in view["eval"]["flipped"][kind])
     report = httpx.get(f"{server.url}/v1/dashboard/jobs/{job['id']}/report", headers=server.headers, timeout=30)
     assert report.status_code == 200 and "<html" in report.text.lower()
 

@@ -212,15 +212,34 @@ def _verdict(run: Path) -> dict[str, Any] | None:
         return None
 
 
-def _eval_summary(run: Path) -> dict[str, Any] | None:
+def _renamed(value: Any, path: str, name: str) -> Any:
+    """`value` with every mention of the server path `path` replaced by the client's file name."""
+    if isinstance(value, str):
+        return value.replace(path, name)
+    if isinstance(value, dict):
+        return {k: _renamed(v, path, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, path, name) for v in value]
+    return value
+
+
+def _eval_summary(service: Service, run: Path) -> dict[str, Any] | None:
     if not (run / rundir.EVAL).is_file():
         return None
     payload = rundir.read_eval(run)
+    # The test file as the client named it (cases say PATH:LINE; uploads live at files/<id>.<ext>).
+    data = str(payload.get("data") or "")
+    row = service.store.file(Path(data).stem) if data else None
+    if row is not None and row["path"] == data:
+        payload = _renamed(payload, data, row["filename"])
     out = {k: payload.get(k) for k in EVAL_SUMMARY_KEYS}
+    out["test_file"] = {"id": row["id"], "filename": row["filename"]} if row is not None and row["path"] == data else None
     flips = (payload.get("comparison") or {}).get("flips") or {}
     cases = payload.get("cases") or []
     out["flipped"] = {kind: [cases[i] for i in flips.get(kind, []) if i < len(cases)][:20] for kind in ("fixed", "broken")}
     out["has_report"] = (run / rundir.REPORT).is_file()
+    classical = payload.get("classical")  # closed-label tasks only; its per-example predictions stay on disk
+    out["classical"] = {k: v for k, v in classical.items() if k != "predictions"} if classical else None
     return out
 
 
@@ -235,7 +254,7 @@ def _run_view(service: Service, job_id: str) -> dict[str, Any]:
              if (t := service.tasks.get(job_id, kind)) is not None}
     return {"job": objects.job_object(job), "curve": _curve(run), "total_steps": total, "verdict": _verdict(run),
             "summary": summary, "settings": (job["method"] or {}).get("settings") or {}, "run_dir": str(run),
-            "eval": _eval_summary(run), "exports": _exports(service, job), "tasks": tasks}
+            "eval": _eval_summary(service, run), "exports": _exports(service, job), "tasks": tasks}
 
 
 async def run_view(request: Request, job_id: str) -> dict[str, Any]:

@@ -46,10 +46,15 @@ export function duration(s) {
   return m < 90 ? `${m} min ${String(s % 60).padStart(2, "0")} s` : `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
 }
 
+// A table; each cell carries its column's header (data-label) so that a table with the class
+// "stack" can show its rows as labelled blocks on a phone instead of scrolling sideways.
 export function table(headers, rows, cls = "") {
-  return h("div.scroll", {}, h(`table${cls ? "." + cls : ""}`, {},
-    h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),
-    h("tbody", {}, rows.map((r) => (r instanceof Node ? r : h("tr", {}, r.map((c) => h("td", {}, c))))))));
+  const body = rows.map((r) => (r instanceof Node ? r : h("tr", {}, r.map((c) => h("td", {}, c)))));
+  for (const tr of body) {
+    [...tr.children].forEach((td, i) => { if (headers[i] && !td.dataset.label) td.dataset.label = headers[i]; });
+  }
+  return h("div.scroll", {}, h(`table${cls ? "." + cls.split(" ").join(".") : ""}`, {},
+    h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))), h("tbody", {}, body)));
 }
 
 // Re-runs fn every `ms` until stop() is called; returns stop.

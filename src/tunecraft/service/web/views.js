@@ -62,7 +62,7 @@ function renderCheck(box, report, trainFile, valFile) {
   const problems = report.issues.length
     ? table(["where", "", "code", "message"], report.issues.map((i) =>
         h(`tr.issue.${i.severity}`, {}, h("td.where", {}, where(i)), h("td.nowrap", {}, i.severity), h("td.nowrap", {}, h("code", {}, i.code)),
-          h("td", {}, i.message))), "problems")
+          h("td", {}, i.message))), "problems stack")
     : h("p.muted", {}, "No problems found.");
   const statRows = [
     ["format", (f) => f.format || "–"], ["examples", (f) => num(f.examples)],
@@ -172,7 +172,8 @@ function renderPlan(box, p) {
   box.replaceChildren(
     h("p.verdict#plan-estimate", {}, `Estimated training time ${p.estimate || "–"}: ${p.total_steps} steps of ${p.batch_size} examples`,
       ` at ${num(p.step_s, 2)} s per step (measured), ${p.method}, ${num(p.epochs, 2)} epochs`),
-    table(["setting", "value", "why"], p.choices.map((c) => [h("code", {}, c.field), String(c.value), c.reason]), "choices"),
+    table(["setting", "value", "why"], p.choices.map((c) => h("tr", {}, h("td.nowrap", {}, h("code", {}, c.field)),
+      h("td", {}, String(c.value)), h("td", {}, c.reason))), "choices stack"),
     h("p.muted", {}, `${p.train_examples} training / ${p.val_examples} validation examples, ${num(p.train_tokens)} tokens per epoch ` +
       `(${num(p.loss_tokens)} loss-bearing); learning rate ${p.lr}, max length ${p.max_length}.`));
 }
@@ -184,7 +185,7 @@ export async function jobsView(view) {
   view.append(h("section.card", {}, h("h2", {}, "Jobs"),
     jobs.data.length ? table(["job", "status", "base model", "tuned model", "created"], jobs.data.map((j) => [
       h("a", { href: `#job/${j.id}` }, j.id), h(`span.badge.${j.status}`, {}, j.status), j.model,
-      j.fine_tuned_model || "–", new Date(j.created_at * 1000).toLocaleString()]), "jobs")
+      j.fine_tuned_model || "–", new Date(j.created_at * 1000).toLocaleString()]), "jobs stack")
       : h("p", {}, "No jobs yet. ", h("a", { href: "#new" }, "Start one"))));
 }
 
@@ -214,9 +215,10 @@ export async function jobView(view, id) {
   }
 
   let done = false;
+  const feed = eventFeed(id);
   async function refresh() {
-    const [run, ev, ck] = await Promise.all([get(`/v1/dashboard/jobs/${id}`),
-      get(`/v1/fine_tuning/jobs/${id}/events?limit=200`), get(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`)]);
+    const [run, listed, ck] = await Promise.all([get(`/v1/dashboard/jobs/${id}`), feed(),
+      get(`/v1/fine_tuning/jobs/${id}/checkpoints?limit=100`)]);
     const job = run.job;
     status.textContent = job.status;
     status.className = `badge ${job.status}`;
@@ -234,9 +236,10 @@ export async function jobView(view, id) {
     lossChart(chart, run.curve, { onset: v && v.onset_step, best: v && v.best_step, total: run.total_steps });
     verdict.replaceChildren(...verdictLines(run));
     checkpoints.replaceChildren(ck.data.length ? table(["step", "train loss", "validation loss", "model name"], ck.data.map((c) => [
-      c.step_number, num(c.metrics.train_loss), num(c.metrics.valid_loss), h("code", {}, c.fine_tuned_model_checkpoint)]))
+      c.step_number, num(c.metrics.train_loss), num(c.metrics.valid_loss), h("code", {}, c.fine_tuned_model_checkpoint)]),
+      "checkpoints stack")
       : h("p.muted", {}, "none yet"));
-    events.replaceChildren(...ev.data.filter((e) => e.type !== "metrics").map((e) =>
+    events.replaceChildren(...listed.map((e) =>
       h(`li.${e.level}`, {}, h("time", {}, new Date(e.created_at * 1000).toLocaleTimeString()), " ", e.message)));
     links.replaceChildren(...(job.status === "succeeded" ? [
       h("a.button#to-compare", { href: `#compare/${id}` }, "Compare with the base model"), " ",
@@ -245,9 +248,34 @@ export async function jobView(view, id) {
     done = FINAL.includes(job.status);
   }
 
-  let stop = () => {};
-  stop = every(1000, async () => { await refresh(); if (done) stop(); });
+  // Once the job has ended, one more refresh: the last event or checkpoint may land just after
+  // the status that ended it.
+  let stop = () => {}, ended = false;
+  stop = every(1000, async () => { await refresh(); if (done && ended) stop(); ended = done; });
   return () => stop();
+}
+
+// A job's events, newest first, without the per-step metrics ones (the chart draws those). Each
+// call reads only what is new: pages back from the newest until an event it already has, so the
+// plan's events at the start of a long job are never pushed out by thousands of steps.
+function eventFeed(id) {
+  const seen = new Set();
+  let shown = [], last = Promise.resolve(shown);
+  const read = async () => {
+    const fresh = [];
+    for (let after = null; ;) {
+      const page = await get(`/v1/fine_tuning/jobs/${id}/events?limit=1000${after ? `&after=${encodeURIComponent(after)}` : ""}`);
+      const known = page.data.findIndex((e) => seen.has(e.id));
+      fresh.push(...(known < 0 ? page.data : page.data.slice(0, known)));
+      if (known >= 0 || !page.has_more || !page.data.length) break;
+      after = page.data[page.data.length - 1].id;
+    }
+    for (const e of fresh) seen.add(e.id);
+    shown = [...fresh.filter((e) => e.type !== "metrics"), ...shown];
+    return shown;
+  };
+  // One read at a time (a button's refresh can meet the poll's): two would both add the same events.
+  return () => (last = last.then(read, read));
 }
 
 function verdictLines(run) {
@@ -264,7 +292,9 @@ function verdictLines(run) {
 
 // ----------------------------------------------------------------------------- Compare
 
-const interval = (i) => (i ? `${num(i.mean)} [${num(i.low)}, ${num(i.high)}]` : "–");
+// Metrics always with three decimals: an accuracy of 1 reads "1.000 [1.000, 1.000]" beside "0.850 [...]".
+const fixed3 = (v) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(3) : "–");
+const interval = (i) => (i ? `${fixed3(i.mean)} [${fixed3(i.low)}, ${fixed3(i.high)}]` : "–");
 
 export async function compareView(view, id) {
   const box = h("section.card#compare");
@@ -290,7 +320,8 @@ export async function compareView(view, id) {
 
 async function evalForm(id, run) {
   const files = await fileList();
-  const test = h("select#test-file", {}, options(files.map((f) => f.id), null,
+  const last = run.eval && run.eval.test_file; // the file evaluated last, chosen again by default
+  const test = h("select#test-file", {}, options(files.map((f) => f.id), last ? last.id : null,
     (fid) => { const f = files.find((x) => x.id === fid); return `${f.filename} (${fid})`; }));
   const limit = h("input#eval-limit", { type: "number", min: 1, placeholder: "all" });
   const go = h("button#run-eval", { type: "submit", disabled: run.job.status !== "succeeded" }, run.eval ? "Evaluate again" : "Evaluate");
@@ -310,15 +341,21 @@ async function evalForm(id, run) {
 
 function renderEval(ev, id) {
   const metric = ev.main_metric;
-  const systems = table(["system", `${metric} [95% interval]`, "held-out loss", "token accuracy"],
-    Object.entries(ev.systems).map(([name, s]) => [h("b", {}, name), interval(s.main), num(s.loss), num(s.token_accuracy)]), "systems");
-  const diffs = table(["tuned minus", "difference [95% interval]", "beyond the interval"],
-    Object.entries(ev.comparison.diff || {}).map(([name, d]) => [name, interval(d), ev.comparison.beyond_interval[name] ? "yes" : "no"]));
+  const cl = ev.classical; // closed-label tasks: TF-IDF + logistic regression on the training file
+  const row = (name, ...cells) => h("tr", {}, h("td.name", {}, name), cells.map((c) => h("td", {}, c)));
+  const systems = table(["system", `${metric} [95% interval]`, "held-out loss", "token accuracy"], [
+    ...Object.entries(ev.systems).map(([name, s]) => row(name, interval(s.main), fixed3(s.loss), fixed3(s.token_accuracy))),
+    ...(cl ? [row(`${cl.name} (classical)`, interval(cl.main), "–", "–")] : [])], "systems stack");
+  const diffs = table(["tuned minus", "difference [95% interval]", "beyond the interval"], [
+    ...Object.entries(ev.comparison.diff || {}).map(([name, d]) => row(name, interval(d), ev.comparison.beyond_interval[name] ? "yes" : "no")),
+    ...(cl ? [row(cl.name, interval(cl.diff_tuned_minus_classical), cl.diff_tuned_minus_classical.low > 0 ? "yes" : "no")] : [])],
+  "diffs stack");
   const against = ev.comparison.flips && ev.comparison.flips.against;
   const flipped = (kind, title) => {
     const rows = ev.flipped[kind] || [];
     return [h("h4", {}, `${title} (${rows.length})`), rows.length ? table(["where", "prompt", "reference", against, "tuned"],
-      rows.map((c) => [c.where, c.prompt, c.reference, c.answers[against], c.answers.tuned]), "flips") : h("p.muted", {}, "none")];
+      rows.map((c) => h("tr", {}, h("td.where", {}, c.where), [c.prompt, c.reference, c.answers[against], c.answers.tuned]
+        .map((t) => h("td", {}, t)))), "flips stack") : h("p.muted", {}, "none")];
   };
   const open = h("button#open-report", { type: "button", disabled: !ev.has_report }, "Open the HTML report");
   open.addEventListener("click", async () => {
@@ -331,8 +368,9 @@ function renderEval(ev, id) {
   return [
     h(`p.verdict.${ev.ship && ev.ship.ship ? "ok" : "bad"}#ship`, {}, ev.ship ? ev.ship.line : ""),
     ev.verdict ? h("p.muted", {}, `Curves: ${ev.verdict.message}`) : null,
-    h("p.muted", {}, `${ev.examples} test examples; main metric: ${metric}.`),
+    h("p.muted", {}, `${ev.examples} test examples${ev.test_file ? ` from ${ev.test_file.filename}` : ""}; main metric: ${metric}.`),
     systems, h("h3", {}, "Tuned against each baseline"), diffs,
+    cl ? h("p#classical-line", {}, `Classical baseline (${cl.train_examples} training examples, ${num(cl.seconds, 1)} s): ${cl.line}`) : null,
     h("h3", {}, against ? `Flipped examples (against ${against})` : "Flipped examples"),
     ...flipped("fixed", "fixed by tuning"), ...flipped("broken", "broken by tuning"),
     h("p", {}, open),
@@ -365,10 +403,17 @@ export async function exportView(view, id) {
         task ? h(`p.state.${task.state}`, {}, task.state === "failed" ? `failed: ${task.error}` : task.state) : null,
         fmt === "adapter" && !isLora ? h("p.muted", {}, "a full fine-tune has no adapter: export merged or GGUF") : null,
         info.files.length ? h("p", {}, "In ", h("code", {}, info.path), ": ", info.files.join(", ")) : null,
-        h("pre.commands", {}, info.commands.join("\n"))));
+        ...(fmt === "adapter" && !isLora ? [] : commandBlocks(info.commands))));
     }
     return !busy;
   };
   stop = every(2000, async () => { if (await render()) stop(); });
   return () => stop();
+}
+
+// The export command (what the button runs), then how to run the result elsewhere, one block
+// each so a wrapped line is never mistaken for the next command.
+function commandBlocks([make, ...run]) {
+  return [h("p.caption", {}, "Made with:"), h("pre.command", {}, make),
+    h("p.caption", {}, "Run it elsewhere (copy the folder there first):"), ...run.map((c) => h("pre.command.run", {}, c))];
 }
