@@ -18,6 +18,9 @@ from tunecraft.train.runtime import local_world_size
 
 LORA_MIN_PARAMS = 50_000_000  # below this, full fine-tuning is cheap and usually better
 EVAL_MIN_EXAMPLES = 32  # a validation loss on fewer examples is mostly noise
+EVAL_SHARE = 0.05  # of the steps' compute: what all intermediate evaluations together may cost
+FORWARD_SHARE = 1 / 3  # an evaluated example costs about a third of a trained one (forward only)
+EVAL_MAX_COUNT, EVAL_MIN_COUNT = 10, 3  # a curve of fewer than 3 points shows no turn
 
 
 @dataclass(frozen=True)
@@ -95,15 +98,23 @@ def choose_compile() -> Choice:
                   "of compile time on a 2-core CPU; set train.compile=true for long runs")
 
 
-def choose_eval_every(total_steps: int) -> Choice:
-    value = max(1, total_steps // 10)
-    return Choice("train.eval_every", value, f"about 10 evaluations over {total_steps} steps")
+def choose_eval_every(total_steps: int, trained_examples: int, n_val: int) -> Choice:
+    """About 10 evaluations, fewer when 10 of at least 32 examples each would cost more than
+    ~5% of the steps (a 1,000-example run affords 4); never fewer than 3."""
+    per_eval = min(n_val, EVAL_MIN_EXAMPLES) or 1
+    affordable = int(EVAL_SHARE / FORWARD_SHARE * trained_examples / per_eval)
+    count = min(total_steps, max(EVAL_MIN_COUNT, min(EVAL_MAX_COUNT, affordable)))
+    value = max(1, math.ceil(total_steps / max(1, count)))
+    if affordable >= EVAL_MAX_COUNT:
+        return Choice("train.eval_every", value, f"about {EVAL_MAX_COUNT} evaluations over {total_steps} steps")
+    return Choice("train.eval_every", value, f"{count} evaluations over {total_steps} steps: more, at "
+                  f"{per_eval} examples each, would cost over {EVAL_SHARE:.0%} of the steps")
 
 
 def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int) -> Choice:
     """A fixed validation subsample whose forward passes (~1/3 of a training step's compute per
     example) total ~5% of training over all evaluations; never fewer than 32 examples."""
-    budget = int(0.05 * 3 * trained_examples / max(1, n_evals))
+    budget = int(EVAL_SHARE / FORWARD_SHARE * trained_examples / max(1, n_evals))
     value = min(n_val, max(EVAL_MIN_EXAMPLES, budget))
     if value == n_val:
         return Choice("train.eval_examples", value, f"all {n_val} validation examples at each evaluation")

@@ -20,6 +20,7 @@ refuses tensors that do not fit the model (`CheckpointMismatch`) instead of broa
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -204,16 +205,22 @@ def snapshot(
     return Snapshot(step, weights, opt_tensors, opt_meta, _rng_tensors(), full_state)
 
 
-def write_checkpoint(root: Path, snap: Snapshot, keep: int, protect: set[int] | None = None) -> Path:
+def write_checkpoint(root: Path, snap: Snapshot, keep: int, protect: set[int] | None = None,
+                     same_weights: Path | None = None) -> Path:
     """Write `snap` atomically as `root/step-N`; prune old ones but keep the newest `keep` and `protect`.
 
     Leftovers of a crashed save are cleared first (they may be what filled the disk); a full
     disk raises `durable.DiskFullError` with the size needed, and the older checkpoints stay.
+    `same_weights`: a durable safetensors file that may already hold exactly `snap.weights`
+    (`model/` written from the same tensors at the run's end); then it is hard-linked, not
+    written again (see `_link_if_same`).
     """
     final = root / f"step-{snap.step:06d}"
     recover_children(root)
     with atomic_dir(final, size_hint=snap.nbytes + _JSON_ALLOWANCE) as tmp:
-        save_file(snap.weights, str(tmp / "trainable.safetensors"))
+        weights = tmp / "trainable.safetensors"
+        if same_weights is None or not _link_if_same(same_weights, snap.weights, weights):
+            save_file(snap.weights, str(weights))
         save_file(snap.optimizer, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(snap.optimizer_meta), encoding="utf-8")
         save_file(snap.rng, str(tmp / "rng.safetensors"))
@@ -221,6 +228,27 @@ def write_checkpoint(root: Path, snap: Snapshot, keep: int, protect: set[int] | 
         (tmp / COMPLETE).write_text("ok\n", encoding="utf-8")
     prune(root, keep, protect or set())
     return final
+
+
+def _link_if_same(source: Path, tensors: dict[str, torch.Tensor], target: Path) -> bool:
+    """Hard-link `source` as `target` when it holds exactly `tensors` (same names, dtypes, shapes
+    and values; comparing them reads the file back from the page cache, far cheaper than writing
+    it). The files are never modified in place (directories are swapped whole), so sharing one
+    inode is safe; a checkpoint stays self-contained when `model/` is replaced or pruned."""
+    try:
+        stored = load_file(str(source))
+    except (OSError, SafetensorError):
+        return False
+    if stored.keys() != tensors.keys():
+        return False
+    if not all(stored[k].dtype == t.dtype and stored[k].shape == t.shape and torch.equal(stored[k], t.cpu())
+               for k, t in tensors.items()):
+        return False
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not supported: write it
+        return False
+    return True
 
 
 def save_checkpoint(

@@ -31,19 +31,20 @@ def save_deliverable(
         tokenizer.save_pretrained(str(tmp))
 
 
-def snapshot_deliverable(model: Any, method: str) -> dict[str, torch.Tensor]:
+def snapshot_deliverable(model: Any, method: str, copy: bool = True) -> dict[str, torch.Tensor]:
     """A CPU copy of what `save_deliverable` writes, taken now and written later (training
     goes on changing the live weights in place): LoRA, the adapter tensors (peft keeps only
     those of a state dict); full, the model's whole state dict, tied tensors still shared so
-    that save_pretrained writes them once."""
+    that save_pretrained writes them once. `copy=False` when the weights no longer change (the
+    run's last step): on CPU the live tensors, no copy made."""
     if method == "lora":
-        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        return {n: p.detach().to("cpu", copy=copy) for n, p in model.named_parameters() if p.requires_grad}
     copies: dict[tuple[int, torch.dtype, tuple[int, ...]], torch.Tensor] = {}
     out = {}
     for name, tensor in unwrap(model).state_dict().items():
         key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
         if key not in copies:
-            copies[key] = tensor.detach().to("cpu", copy=True)
+            copies[key] = tensor.detach().to("cpu", copy=copy)
         out[name] = copies[key]
     return out
 

@@ -84,14 +84,16 @@ class SingleProcess:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf))
 
     def snapshot_checkpoint(
-        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+        copy: bool = True,
     ) -> ckpt.Snapshot | None:
-        """A copy of what checkpoint `step` holds, for the writer thread (None: not this rank's to write)."""
-        return ckpt.snapshot(step, model, optimizer, state, copy=True)
+        """What checkpoint `step` holds, for the writer thread (None: not this rank's to write):
+        a copy, unless `copy=False` (training has ended, the live tensors stay as they are)."""
+        return ckpt.snapshot(step, model, optimizer, state, copy=copy)
 
-    def snapshot_model(self, model: torch.nn.Module, method: str) -> dict[str, torch.Tensor] | None:
-        """A copy of what `model/` holds now (None: not this rank's to write)."""
-        return snapshot_deliverable(model, method)
+    def snapshot_model(self, model: torch.nn.Module, method: str, copy: bool = True) -> dict[str, torch.Tensor] | None:
+        """What `model/` holds now, a copy unless `copy=False` (None: not this rank's to write)."""
+        return snapshot_deliverable(model, method, copy=copy)
 
     def load_checkpoint(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return ckpt.load_checkpoint(path, model, optimizer)
@@ -255,21 +257,22 @@ class ProcessGroup(SingleProcess):
     # -- saving
 
     def snapshot_checkpoint(
-        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+        copy: bool = True,
     ) -> ckpt.Snapshot | None:
-        """Rank 0's copy of checkpoint `step` (fsdp: from tensors every rank helped gather)."""
+        """Rank 0's checkpoint `step` (fsdp: from tensors every rank helped gather); see SingleProcess."""
         trainable = optimizer_state = None
         if self.sharded:
             trainable, optimizer_state = full_trainable_state(model), full_optimizer_state(optimizer)
         if not self.is_main:
             return None
-        return ckpt.snapshot(step, model, optimizer, state, trainable, optimizer_state, copy=True)
+        return ckpt.snapshot(step, model, optimizer, state, trainable, optimizer_state, copy=copy)
 
-    def snapshot_model(self, model: torch.nn.Module, method: str) -> dict[str, torch.Tensor] | None:
-        """Rank 0's copy of `model/` (fsdp: the state dict gathered to it; already a copy)."""
+    def snapshot_model(self, model: torch.nn.Module, method: str, copy: bool = True) -> dict[str, torch.Tensor] | None:
+        """Rank 0's `model/` (fsdp: the state dict gathered to it; already a copy)."""
         if self.sharded:
             return full_model_state(model)
-        return snapshot_deliverable(model, method) if self.is_main else None
+        return snapshot_deliverable(model, method, copy=copy) if self.is_main else None
 
     def load_checkpoint(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Every rank reads the same checkpoint (the run directory must be visible to all ranks)."""

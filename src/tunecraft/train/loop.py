@@ -159,9 +159,8 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     full = None
     try:
         with _StopSignal() as stop, progress:
-            status, message = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress, saver, budget)
-        if status in ("finished", "early_stopped"):
-            full = _full_validation(plan, rt, model, st, log)  # while the last checkpoint is written
+            status, message, full = _run_steps(plan, rt, model, optimizer, steps, st, log, stop, progress, saver,
+                                               budget)
         t0 = time.time()
         saver.wait()
         st.checkpoint_s += time.time() - t0
@@ -408,8 +407,11 @@ def _run_steps(
     progress: Progress,
     saver: _Saver,
     budget: _Budget | None = None,
-) -> tuple[str, str]:
+) -> tuple[str, str, ValResult | None]:
+    """The optimizer steps with their evaluations and checkpoints; (status, message, the full
+    validation pass at the end when evaluations used a subsample)."""
     s = plan.settings
+    full = None
     per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
     t_start = time.time() - st.elapsed_s
     t_saved = time.time()  # the wall-clock cadence counts from this process's start
@@ -448,14 +450,17 @@ def _run_steps(
         stopped_early = False
         if st.step % s.eval_every == 0 or last:
             t0 = time.time()
-            stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress, saver)
+            val, stopped_early = _eval_and_keep_best(plan, rt, model, st, log, progress, saver, final=last)
             if budget is not None:
                 budget.evaluated(time.time() - t0, len(plan.eval_indices))
+            if last or stopped_early:  # before the last checkpoint is written, not beside it
+                full = _full_validation(plan, rt, model, st, log, val)
         on_cadence = st.step % s.save_every == 0 if s.save_every is not None else due_votes > 0
-        if on_cadence or last or stopped_early or stopping:
+        final = last or stopped_early or stopping  # no step follows: nothing to copy first
+        if on_cadence or final:
             t0 = time.time()
             st.elapsed_s = t0 - t_start
-            saver.checkpoint(st, model, optimizer)
+            saver.checkpoint(st, model, optimizer, copy=not final)
             t_saved = time.time()
             st.checkpoint_s += t_saved - t0
             if budget is not None:
@@ -464,24 +469,24 @@ def _run_steps(
             return "early_stopped", (
                 f"validation loss did not improve for {s.patience} evaluations; best step "
                 f"{st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
-            )
+            ), full
         if stopping:
             name = signal.Signals(stop.received).name if stop.received else "stop signal on another rank"
             msg = f"{name} received: stopped at step {st.step}; resume with --resume"
             saver.wait()  # the checkpoint is on disk before the run says it stopped
             log.event("interrupted", msg, step=st.step)
-            return "interrupted", msg
+            return "interrupted", msg, None
         if out_of_time:
             msg = (f"time budget reached: stopped at step {st.step} of {plan.total_steps} with a "
                    f"checkpoint (continue with --resume); best step {st.best_step} (val loss "
                    f"{st.best_val_loss:.4f}) kept as model/")
             log.event("time_budget", msg, step=st.step)
             st.elapsed_s = time.time() - t_start
-            return "finished", msg
+            return "finished", msg, full
     st.elapsed_s = time.time() - t_start
     return "finished", (
         f"{st.step} steps; best step {st.best_step} (val loss {st.best_val_loss:.4f}) kept as model/"
-    )
+    ), full
 
 
 class _Saver:
@@ -498,23 +503,32 @@ class _Saver:
         self.plan, self.rt, self.log = plan, rt, log
         self.writer = ckpt.BackgroundWriter()
         self.best: dict[str, torch.Tensor] | None = None  # weights model/ does not hold yet
+        self.best_is_live = False  # `best` is the live weights: the last checkpoint's too
 
-    def keep_best(self, model: Any) -> None:
-        self.best = self.rt.dist.snapshot_model(model, self.plan.settings.method)
+    def keep_best(self, model: Any, copy: bool = True) -> None:
+        """`copy=False` when no step follows: the live weights are what model/ will hold."""
+        self.best = self.rt.dist.snapshot_model(model, self.plan.settings.method, copy=copy)
+        self.best_is_live = not copy
 
-    def checkpoint(self, st: _State, model: Any, optimizer: torch.optim.Optimizer) -> None:
-        snap = self.rt.dist.snapshot_checkpoint(st.step, model, optimizer, _state_dict(st))
+    def checkpoint(self, st: _State, model: Any, optimizer: torch.optim.Optimizer, copy: bool = True) -> None:
+        """Written in the background; `copy=False` (no step follows) writes the live tensors,
+        sparing a copy of the weights and AdamW's moments (~2 s for a full fine-tune of the default)."""
+        snap = self.rt.dist.snapshot_checkpoint(st.step, model, optimizer, _state_dict(st), copy=copy)
         best, self.best = self.best, None
         if snap is None:
             return
         plan, protect = self.plan, {st.best_step}
+        # A full fine-tune's model/ written from the very tensors of this checkpoint holds its
+        # weights: the checkpoint links that file instead of writing 540 MB again.
+        same = (plan.run_dir / rundir.MODEL / "model.safetensors"
+                if best is not None and self.best_is_live and plan.settings.method == "full" else None)
 
         def job() -> Path:
             if best is not None:
                 save_deliverable(model, plan.tokenizer, plan.run_dir / rundir.MODEL, plan.settings.method,
                                  state_dict=best)
             return ckpt.write_checkpoint(plan.run_dir / rundir.CHECKPOINTS, snap, plan.settings.keep_checkpoints,
-                                         protect)
+                                         protect, same_weights=same)
 
         self.writer.submit(job, lambda path: self.log.event("checkpoint", f"saved {path.name}", step=snap.step))
 
@@ -544,7 +558,7 @@ class _Budget:
         s = plan.settings
         if s.time_budget_s is None:
             return None
-        n_full = len(plan.val) if len(plan.eval_indices) < len(plan.val) else 0
+        n_full = len(plan.val) - len(plan.eval_indices)  # the final pass adds what the subsample left out
         return cls(s.time_budget_s - startup_s, len(plan.eval_indices), n_full, checkpoint_bytes(trainable), s.batch_size)
 
     def evaluated(self, seconds: float, examples: int) -> None:
@@ -618,36 +632,47 @@ def _apply_step(model: Any, optimizer: torch.optim.Optimizer, loss: float, s: Tr
 
 
 def _eval_and_keep_best(
-    plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, progress: Progress, saver: _Saver
-) -> bool:
-    """Evaluate on the fixed subsample; keep the weights on improvement; True when patience ran out."""
+    plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, progress: Progress, saver: _Saver,
+    final: bool = False,
+) -> tuple[ValResult, bool]:
+    """Evaluate on the fixed subsample; keep the weights on improvement (`final`: no step
+    follows); (the evaluation, True when patience ran out)."""
     t0 = time.time()
     val = evaluate(model, plan, rt, plan.eval_indices)
-    st.eval_s += time.time() - t0
-    log.metric("eval", step=st.step, **val.row())
+    seconds = time.time() - t0
+    st.eval_s += seconds
+    log.metric("eval", step=st.step, **val.row(), seconds=round(seconds, 3))
     ci = f" ± {val.ci95:.4f}" if val.ci95 is not None else ""
     progress.note(f"step {st.step}: val loss {val.loss:.4f}{ci}, {val.kind} accuracy {val.accuracy:.3f}"
                   + (f" ({val.examples} of {len(plan.val)} examples)" if val.examples < len(plan.val) else ""))
     if val.loss < st.best_val_loss:
         st.best_val_loss, st.best_step, st.bad_evals = val.loss, st.step, 0
         t0 = time.time()
-        saver.keep_best(model)
+        saver.keep_best(model, copy=not final)
         st.checkpoint_s += time.time() - t0
-        return False
+        return val, False
     st.bad_evals += 1
     patience = plan.settings.patience
-    return patience is not None and st.bad_evals >= patience
+    return val, patience is not None and st.bad_evals >= patience
 
 
-def _full_validation(plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog) -> ValResult | None:
-    """One pass over every validation example at the end, when the evaluations used a subsample."""
+def _full_validation(
+    plan: Plan, rt: Runtime, model: Any, st: _State, log: rundir.RunLog, subsample: ValResult
+) -> ValResult | None:
+    """Every validation example at the end, when the evaluations used a subsample: the examples
+    the last evaluation left out, merged with its result (the subsample is not run twice)."""
     if len(plan.eval_indices) >= len(plan.val):
         return None
     t0 = time.time()
-    full = evaluate(model, plan, rt)
-    st.eval_s += time.time() - t0
-    st.elapsed_s += time.time() - t0
-    log.metric("eval_full", step=st.step, **full.row())
+    if plan.settings.objective == "dpo":  # its results hold no per-pair sums to merge
+        full = evaluate(model, plan, rt)
+    else:
+        chosen = set(plan.eval_indices)
+        rest = evaluate(model, plan, rt, tuple(i for i in range(len(plan.val)) if i not in chosen))
+        full = merge_results(subsample, rest)
+    seconds = time.time() - t0
+    st.eval_s += seconds
+    log.metric("eval_full", step=st.step, **full.row(), seconds=round(seconds, 3))
     return full
 
 
@@ -659,6 +684,13 @@ class ValResult:
     ci95: float | None  # half-width of the loss's 95% interval (None: too few batches to say)
     kind: str = "token"  # what `accuracy` counts: "token" or "preference"
     extra: dict[str, float] = field(default_factory=dict)  # DPO: margins, rewards, log-probs
+    # Supervised only, for merging two evaluations: the totals over every rank, and this
+    # rank's (loss sum, loss tokens) per example (the interval's clusters).
+    loss_sum: float = 0.0
+    count: int = 0
+    correct: int = 0
+    sums: tuple[tuple[float, int], ...] = field(default=(), repr=False)
+    clustered: bool = False  # `sums` covers every evaluated example (one process)
 
     def row(self) -> dict[str, Any]:
         """The metrics.jsonl fields of an evaluation."""
@@ -717,10 +749,22 @@ def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] 
     total, count = sum(x for x, _ in sums), sum(n for _, n in sums)
     total, correct, count = rt.dist.sum([total, correct, count])
     model.train(was_training)
+    return _sft_result(float(total), int(count), int(correct), len(chosen), tuple(sums), rt.world_size == 1)
+
+
+def _sft_result(total: float, count: int, correct: int, examples: int, sums: tuple[tuple[float, int], ...],
+                with_ci: bool) -> ValResult:
     if count == 0:
-        return ValResult(math.nan, math.nan, len(chosen), None)
+        return ValResult(math.nan, math.nan, examples, None, sums=sums, clustered=with_ci)
     mean = total / count
-    return ValResult(mean, correct / count, len(chosen), _ratio_ci95(sums, mean) if rt.world_size == 1 else None)
+    return ValResult(mean, correct / count, examples, _ratio_ci95(list(sums), mean) if with_ci else None,
+                     loss_sum=total, count=count, correct=correct, sums=sums, clustered=with_ci)
+
+
+def merge_results(a: ValResult, b: ValResult) -> ValResult:
+    """One supervised evaluation over the examples of two (disjoint) ones."""
+    return _sft_result(a.loss_sum + b.loss_sum, a.count + b.count, a.correct + b.correct, a.examples + b.examples,
+                       a.sums + b.sums, a.clustered and b.clustered)
 
 
 def _ratio_ci95(sums: list[tuple[float, int]], mean: float) -> float | None:

@@ -218,10 +218,11 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
 def _resolve_cadence(cfg: RunConfig, total_steps: int, n_val: int) -> list[auto.Choice]:
     r = _Resolver(cfg)
     tc = cfg.train
-    r.choose(tc.eval_every, lambda: auto.choose_eval_every(total_steps))
+    trained = total_steps * int(tc.batch_size or 1)
+    r.choose(tc.eval_every, lambda: auto.choose_eval_every(total_steps, trained, n_val))
     r.choose(tc.save_every, auto.choose_save_every)
     n_evals = total_steps // int(tc.eval_every or 1) + (total_steps % int(tc.eval_every or 1) > 0)
-    r.choose(tc.eval_examples, lambda: auto.choose_eval_examples(n_val, total_steps * int(tc.batch_size or 1), n_evals))
+    r.choose(tc.eval_examples, lambda: auto.choose_eval_examples(n_val, trained, n_evals))
     return r.choices
 
 
@@ -320,7 +321,6 @@ def total_steps(epochs: float, n_train: int, batch_size: int, max_steps: int | N
 
 BUDGET_MAX_EPOCHS = 5.0  # a generous budget on small data still stops here (early stopping guards the rest)
 BUDGET_MARGIN = 0.03  # of the budget: the step time measured in a short warm-up drifts a little
-EVAL_SHARE = 0.05  # the evaluation subsample is sized to ~5% of the steps' compute (auto.choose_eval_examples)
 WRITE_BYTES_PER_S = 150e6  # a conservative disk write rate for the checkpoint estimate
 
 
@@ -347,14 +347,14 @@ def _budget_steps(plan: Plan, warm: Warmup) -> tuple[int, str]:
     checkpoint_s = warm.state_bytes / WRITE_BYTES_PER_S
     fixed = warm.spent_s + warm.load_s + final_val_s + checkpoint_s + BUDGET_MARGIN * budget
     # Periodic checkpoints come on top, one per save_interval_s (none when save_every is set).
-    per_step = warm.step_s * (1 + EVAL_SHARE)
+    per_step = warm.step_s * (1 + auto.EVAL_SHARE)
     if s.save_every is None:
         per_step += warm.step_s * checkpoint_s / s.save_interval_s
     steps = int((budget - fixed) // per_step)
     why = (f"{warm.step_s:.2f} s per step (median of a warm-up); {warm.spent_s:.0f} s spent planning and "
            f"warming up, {warm.load_s:.0f} s to load, ~{final_val_s:.0f} s for the final validation, "
            f"~{checkpoint_s:.0f} s per checkpoint, {BUDGET_MARGIN:.0%} margin, evaluations "
-           f"~{EVAL_SHARE:.0%} of the steps")
+           f"~{auto.EVAL_SHARE:.0%} of the steps")
     if steps < 1:
         raise ConfigError(
             f"train.time_budget: {budget:.0f} s does not fit one optimizer step ({why}); give a "

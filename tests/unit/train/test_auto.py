@@ -56,8 +56,12 @@ def test_micro_batch_by_token_budget() -> None:
 
 
 def test_cadence_and_epochs_for_steps() -> None:
-    assert auto.choose_eval_every(54).value == 5
-    assert auto.choose_eval_every(7).value == 1
+    assert auto.choose_eval_every(54, 40_000, 2000).value == 6  # 10 evaluations (ceil(54 / 10))
+    # 1,000 examples afford 4 evaluations of 32 within 5% (0.05 * 3 * 1008 / 32 = 4.7), not 10.
+    choice = auto.choose_eval_every(63, 1008, 300)
+    assert choice.value == 16 and "4 evaluations" in choice.reason
+    assert auto.choose_eval_every(7, 28, 8).value == 3  # never fewer than 3 evaluations
+    assert auto.choose_eval_every(2, 8, 8).value == 1
     assert auto.choose_save_every().value is None  # by wall clock
     assert auto.choose_eval_examples(100, 1000, 10).value == 32  # 5% budget is 15 examples: the floor
     assert auto.choose_eval_examples(2000, 40_000, 10).value == 600  # 0.05 * 3 * 40k / 10
@@ -88,7 +92,8 @@ def test_all_auto_plan_resolves_everything_once_with_reasons(make_cfg) -> None:
     # The tiny model is small (full), the 64-row data gives 57 train rows (4 epochs, batch 5).
     assert (s.method, s.lr, s.epochs, s.batch_size) == ("full", 5e-5, 4.0, 5)
     assert s.micro_batch_size == 5 and s.max_length == 128  # p99 of the rows, rounded up to 64s
-    assert plan.total_steps == 48 and (s.eval_every, s.save_every, s.save_interval_s) == (4, None, 600.0)
+    # 6 evaluations of all 6 validation rows fit 5% of 240 trained rows (0.05 * 3 * 240 / 6): every 8 steps.
+    assert plan.total_steps == 48 and (s.eval_every, s.save_every, s.save_interval_s) == (8, None, 600.0)
     assert s.eval_examples == len(plan.val) == 6 and plan.eval_indices == tuple(range(6))
     chosen = [c.field for c in plan.choices]
     assert len(chosen) == len(set(chosen))  # each decided once

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tunecraft.train import auto
+
 from tunecraft import rundir
 from tunecraft.config import parse_duration
 from tunecraft.errors import ConfigError
@@ -44,7 +46,7 @@ def test_budget_fits_the_steps_it_can_afford(make_cfg) -> None:
     assert fitted.config.train.max_steps == expected  # resume replays the same schedule length
     reasons = {c.field: c.reason for c in fitted.choices}
     assert "time budget of 100 s" in reasons["train.max_steps"]
-    assert fitted.settings.eval_every == max(1, expected // 10)
+    assert fitted.settings.eval_every == auto.choose_eval_every(expected, expected * 8, len(plan.val)).value
     assert [c.field for c in fitted.choices].count("train.eval_every") == 1
 
 

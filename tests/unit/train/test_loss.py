@@ -225,3 +225,21 @@ def test_evaluation_sums_each_example_apart(make_cfg, engine: str) -> None:
     assert out.example_tokens.tolist() == [b.n_loss for e in examples for b in batches([e], [0])]
     torch.testing.assert_close(out.example_sums.sum(), out.loss_sum, rtol=1e-5, atol=1e-5)
     assert int(out.n_correct) == sum(int(a.n_correct) for a in alone)
+
+
+def test_a_full_pass_merged_from_the_subsample_and_the_rest_equals_one_pass(make_cfg) -> None:
+    """The run's last evaluation is not repeated for the full pass: the examples it left out are
+    evaluated and merged with it, which must give what one pass over every example gives."""
+    from tunecraft.train.loop import build_model, evaluate, merge_results
+
+    plan, rt = build(make_cfg(**{"data.val_fraction": 0.25}))
+    model, _ = build_model(plan, rt)
+    sub = (0, 3, 5, 9)
+    rest = tuple(i for i in range(len(plan.val)) if i not in sub)
+    merged = merge_results(evaluate(model, plan, rt, sub), evaluate(model, plan, rt, rest))
+    whole = evaluate(model, plan, rt)
+    assert merged.examples == whole.examples == len(plan.val)
+    assert merged.count == whole.count and merged.correct == whole.correct
+    assert merged.loss == pytest.approx(whole.loss, rel=1e-5)
+    assert merged.accuracy == pytest.approx(whole.accuracy)
+    assert merged.ci95 is not None and merged.ci95 == pytest.approx(whole.ci95, rel=1e-3)

@@ -85,3 +85,47 @@ def test_model_dir_holds_the_best_steps_weights(make_cfg, tmp_path, method: str)
     events = [e["event"] for e in rundir.read_events(run)]
     assert events.count("checkpoint") == 5 and events[-1] == "finished"
     assert result.summary["background_write_s"] > 0
+
+
+def test_the_last_checkpoint_shares_model_dirs_weights_file_when_they_are_the_same(make_cfg, tmp_path) -> None:
+    """A full fine-tune whose best step is its last writes those weights once: the checkpoint
+    hard-links model/'s file (same inode), and still loads and resumes on its own."""
+    import os
+
+    from tunecraft.train.checkpoint import read_checkpoint
+
+    result = train_config(make_cfg(**{"train.method": "full", "train.max_steps": 3, "train.eval_every": 1,
+                                      "train.lr": 1e-3, "train.out": str(tmp_path / "run")}))
+    run, step = result.run_dir, result.summary["steps"]
+    assert result.summary["best_step"] == step  # still improving at its end
+    last = run / rundir.CHECKPOINTS / f"step-{step:06d}" / "trainable.safetensors"
+    delivered = run / rundir.MODEL / "model.safetensors"
+    assert os.stat(last).st_ino == os.stat(delivered).st_ino and os.stat(last).st_nlink == 2
+    files = read_checkpoint(last.parent)
+    stored = load_file(str(delivered))
+    assert files.trainable.keys() == stored.keys()
+    # model/ replaced later (a longer run) leaves the checkpoint's weights as they were.
+    before = {k: v.clone() for k, v in files.trainable.items()}
+    longer = train_config(make_cfg(**{"train.method": "full", "train.max_steps": 5, "train.eval_every": 1,
+                                      "train.lr": 1e-3, "train.out": str(run)}), resume=True)
+    assert longer.summary["steps"] == 5
+    kept = load_file(str(last)) if last.exists() else None
+    assert kept is None or all(torch.equal(kept[k], before[k]) for k in before)
+
+
+def test_the_last_checkpoint_writes_its_own_weights_when_model_dir_holds_an_earlier_step(tmp_path) -> None:
+    """`same_weights` is only a hint: a file that differs in any value is not linked."""
+    import os
+
+    from safetensors.torch import save_file
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.detach() + 1 for k, v in model.state_dict().items()}, str(other))
+    path = ckpt.write_checkpoint(tmp_path / "ck", ckpt.snapshot(1, model, opt, {}), keep=2, same_weights=other)
+    assert os.stat(path / "trainable.safetensors").st_ino != os.stat(other).st_ino
+    same = tmp_path / "same.safetensors"
+    save_file({k: v.detach() for k, v in model.state_dict().items()}, str(same))
+    path = ckpt.write_checkpoint(tmp_path / "ck", ckpt.snapshot(2, model, opt, {}), keep=2, same_weights=same)
+    assert os.stat(path / "trainable.safetensors").st_ino == os.stat(same).st_ino
