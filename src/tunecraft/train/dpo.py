@@ -149,12 +149,12 @@ def micro_batches(plan: Any, indices: list[int], pairs: list[TokenizedPair]) -> 
 # ----------------------------------------------------------------------------- evaluation
 
 
-@torch.inference_mode()
 def evaluate_pairs(model: Any, plan: Any, rt: Any, indices: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Validation DPO loss (plus the SFT mix, as trained), preference accuracy, margins, log-probs.
 
     Returns the fields of the loop's `ValResult`: `accuracy` is the preference accuracy, and the
-    interval is the pairs' loss's 95% half-width (each pair is one observation).
+    interval is the pairs' loss's 95% half-width (each pair is one observation). The caller
+    turns autograd off (`Runtime.without_grad`).
     """
     s = plan.settings
     was = model.training
@@ -241,7 +241,6 @@ def store_reference(key: str, ref: np.ndarray) -> None:
     atomic_write(_entry(key), lambda p: save_file({"ref": np.ascontiguousarray(ref, dtype=np.float32)}, str(p)))
 
 
-@torch.inference_mode()
 def compute_reference(model: Any, plan: Any, rt: Any, pairs: list[TokenizedPair]) -> np.ndarray:
     """(N, 2) reference log-probs of `pairs`: each rank scores its share, the sums are shared."""
     s = plan.settings
@@ -251,7 +250,7 @@ def compute_reference(model: Any, plan: Any, rt: Any, pairs: list[TokenizedPair]
     values = [0.0] * (2 * len(pairs))
     per = s.micro_batch_size * 2
     compute = _reference_out
-    with adapters_disabled(model):
+    with rt.without_grad(s.method), adapters_disabled(model):
         for at in range(0, len(mine), per):
             chunk = mine[at : at + per]
             batches = micro_batches(plan, chunk, pairs)  # their own `ref` is not read here

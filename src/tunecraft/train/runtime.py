@@ -7,9 +7,11 @@ when torchrun launched several (`train.distributed`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +38,18 @@ class Runtime:
     @property
     def world_size(self) -> int:
         return self.dist.world_size
+
+    def without_grad(self, method: str) -> contextlib.AbstractContextManager[Any]:
+        """No autograd for a pass that trains nothing (evaluation, reference log-probs).
+
+        Under bf16 autocast over fp32 weights this is `no_grad`, not `inference_mode`: autocast
+        keeps a weight's bf16 cast for the whole pass only for tensors that require grad, which
+        inference mode hides, so every micro-batch cast every weight again (300 BANKING77
+        examples on the default model: 7.1 s under inference mode, 4.0 s under no_grad).
+        """
+        if method == "full" and self.dtype == torch.bfloat16:
+            return torch.no_grad()
+        return torch.inference_mode()
 
 
 def local_world_size() -> int:
