@@ -6,10 +6,11 @@ sequence is a prefix of another's and every path from the root to a leaf is one 
 
 `score_labels` gives every label its full sequence log-probability, log p(label | prompt) summed
 over its tokens with each token's log-softmax over the whole vocabulary, and the probability over
-the set is a softmax over those. Cost: one forward pass over the (left-padded) prompts with a KV
-cache, then a few rounds over trie nodes only: each round feeds every node whose parent is scored
-in one forward pass, with a 4-D attention mask that lets a node see its row's prompt, its
-ancestors and itself (positions = prompt length + depth), so branches share their prefix's cache.
+the set is a softmax over those. Cost: one forward pass over the prompts (packed, see below) with
+a KV cache, then a few rounds over trie nodes only: each round feeds every node whose parent is
+scored (with the sibling-free chain below it) in one forward pass, with a 4-D attention mask that
+lets a node see its row's prompt, its ancestors and itself (positions = prompt length + depth),
+so branches share their prefix's cache.
 
 Pruning (`margin`): a greedy walk down the trie first gives a complete label; a branch whose
 prefix log-prob is already `margin` nats below the best complete label cannot win (a prefix's
