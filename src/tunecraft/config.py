@@ -44,7 +44,7 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: str | None = Field(None, description="Training data file (JSONL or CSV).")
+    train: str | None = Field(None, description="Training data file (JSONL or CSV, either may be gzipped).")
     val: str | None = Field(None, description="Validation data file; default: a seeded split of train.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out when no val file is given.")
     max_length: int | None = Field(None, gt=8, description="Max tokens per example (auto: from the data).")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunecraft.data.reader import MAX_LINE_BYTES, Line, ReadResult, read_lines
+from tunecraft.data.reader import MAX_LINE_BYTES, Line, ReadResult, data_suffix, read_lines
 from tunecraft.data.schema import ROLES, Example, Format, Issue, Message
 
 # Keys that identify a format, checked in this order: a record with `messages` is a chat even if
@@ -590,10 +590,10 @@ def _mixed_format_issues(records: list[Record], fmt: Format, path: str) -> list[
 
 
 def parse_file(path: Path) -> ParsedFile:
-    """Read and validate one data file (`.csv` is CSV, anything else JSON Lines)."""
+    """Read and validate one data file (`.csv` is CSV, anything else JSON Lines; either may be gzipped)."""
     read = read_lines(path)
     name = str(path)
-    parse = csv_records if path.suffix.lower() == ".csv" else jsonl_records
+    parse = csv_records if data_suffix(path) == ".csv" else jsonl_records
     records, file_issues = parse(read, name) if read.lines else ([], [])
     fmt = _file_format(records)
     issues = read.issues + file_issues + [i for r in records for i in r.issues]

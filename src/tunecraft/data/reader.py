@@ -7,11 +7,18 @@ write both. UTF-16 (with or without a byte-order mark) is one file-level issue, 
 
 Reads are bounded: a file over `MAX_FILE_BYTES` is refused before it is read, and a line over
 `MAX_LINE_BYTES` is reported and skipped without being held in memory.
+
+Gzip-compressed files (`data.jsonl.gz`, `data.csv.gz`, or any file starting with gzip's magic
+bytes) are read through `gzip` as a stream: exports are often compressed, and decompressing by
+hand first doubles the disk they take. A corrupt or truncated archive is one issue naming the
+line it broke at; the lines before it are kept.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,7 @@ MAX_LINE_BYTES = 8 * 2**20
 MAX_FILE_BYTES = 2 * 2**30
 _SNIFF_BYTES = 4096  # how much of the file the encoding guess looks at
 _SKIP_CHUNK = 2**20  # the rest of a too-long line is read and dropped in pieces this size
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,29 @@ def _read(fh: BinaryIO, head: bytes, path: str) -> ReadResult:
         result.issues.append(problem)
         return result
     has_data = False
-    for number, (raw, too_long) in enumerate(_raw_lines(fh), start=1):
+    try:
+        has_data = _read_into(result, _raw_lines(fh), path)
+    except (EOFError, OSError, zlib.error) as exc:  # a broken gzip stream; a plain read raises neither
+        number = len(result.lines) + 1
+        result.issues.append(Issue(path, number, "corrupt_archive", f"the compressed file breaks at this "
+                                   f"line ({exc}); the lines before it are read: recompress the file"))
+        has_data = has_data or bool(result.lines)
+    if not has_data:
+        return ReadResult(issues=result.issues or [
+            Issue(path, 0, "empty_file", "the file has no data; add one example per line")])
+    return result
+
+
+def _read_into(result: ReadResult, lines: Iterator[tuple[bytes, int]], path: str) -> bool:
+    """Append each line (and its issues) to `result`; returns whether any line held data."""
+    has_data, total = False, 0
+    for number, (raw, too_long) in enumerate(lines, start=1):
+        total += len(raw) + too_long
+        if total > MAX_FILE_BYTES:  # only a compressed file gets here: a plain one is refused by size
+            result.issues.append(Issue(path, number, "file_too_large", f"the file decompresses to over "
+                                       f"{MAX_FILE_BYTES // 2**30} GiB (the dataset is held in memory): "
+                                       "deduplicate or sample it below the limit"))
+            return has_data
         if number == 1:
             raw = raw.removeprefix(BOM)
         if too_long:
@@ -144,10 +174,7 @@ def _read(fh: BinaryIO, head: bytes, path: str) -> ReadResult:
         result.lines.append(line)
         if issue is not None:
             result.issues.append(issue)
-    if not has_data:
-        return ReadResult(issues=[
-            Issue(path, 0, "empty_file", "the file has no data; add one example per line")])
-    return result
+    return has_data
 
 
 def split_lines(data: bytes, path: str) -> ReadResult:
@@ -160,7 +187,22 @@ def read_lines(path: Path) -> ReadResult:
     problem = _file_problem(path)
     if problem is not None:
         return ReadResult(issues=[problem])
-    with open(path, "rb") as fh:
-        head = fh.read(_SNIFF_BYTES)
+    with open(path, "rb") as raw:
+        compressed = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    opener = gzip.open if compressed else open
+    with opener(path, "rb") as fh:
+        try:
+            head = fh.read(_SNIFF_BYTES)
+        except (EOFError, OSError, zlib.error) as exc:
+            return ReadResult(issues=[Issue(str(path), 0, "corrupt_archive", f"not a readable gzip "
+                                            f"file ({exc}): recompress it, or give it uncompressed")])
         fh.seek(0)
         return _read(fh, head, str(path))
+
+
+def data_suffix(path: Path) -> str:
+    """The data format's suffix, under a compression one: `train.csv.gz` -> `.csv`."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""

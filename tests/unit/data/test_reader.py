@@ -52,3 +52,39 @@ def test_issue_str_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"\x80\n")
     (issue,) = read_lines(path).issues
     assert str(issue).startswith(f"{path}:1: invalid_utf8: ")
+
+
+def test_gzipped_jsonl_and_csv_read_like_plain_files(tmp_path: Path) -> None:
+    import gzip
+
+    from tunecraft.data.formats import parse_file
+
+    rows = b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n'
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(rows))
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(b"prompt,completion\r\na,b\r\nc,d\r\n"))
+    for name in ("d.jsonl.gz", "d.csv.gz"):
+        parsed = parse_file(tmp_path / name)
+        assert parsed.issues == [] and len(parsed.examples) == 2, name
+    plain = parse_file(_write(tmp_path / "d.jsonl", rows))
+    unzipped = parse_file(tmp_path / "d.jsonl.gz").examples
+    assert [(e.line, e.prompt, e.completion) for e in unzipped] == [(e.line, e.prompt, e.completion) for e in plain.examples]
+
+
+def test_truncated_gzip_keeps_the_lines_before_the_break(tmp_path: Path) -> None:
+    import gzip
+
+    body = b"".join(b'{"text": "line %d ' % i + b"x" * 200 + b'"}\n' for i in range(2000))
+    blob = gzip.compress(body)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    result = read_lines(path)
+    assert [i.code for i in result.issues] == ["corrupt_archive"]
+    assert 0 < len(result.lines) < 2000 and result.issues[0].line == len(result.lines) + 1
+    assert all(line.text.startswith('{"text": "line ') for line in result.lines[:-1])
+    (tmp_path / "junk.gz").write_bytes(b"\x1f\x8b" + b"not gzip at all")
+    assert [i.code for i in read_lines(tmp_path / "junk.gz").issues] == ["corrupt_archive"]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
