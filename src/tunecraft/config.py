@@ -68,6 +68,10 @@ class LoraConfig(_Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but lm_head)."
     )
+    use_rslora: bool = Field(False, description="rsLoRA: scale = alpha / sqrt(r) instead of alpha / r, so "
+                             "a higher rank keeps learning instead of shrinking its own update.")
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its LoRA "
+                           "direction (peft); closer to full fine-tuning, slower per step.")
 
 
 class DpoConfig(_Section):

@@ -19,6 +19,8 @@ def apply_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)  # LoRA A init is random: make it part of the seeded run

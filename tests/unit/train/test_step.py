@@ -95,9 +95,16 @@ def test_nan_mid_run_ends_run_as_failed(make_cfg, monkeypatch: pytest.MonkeyPatc
     assert steps == [1, 2]  # step 3 was never applied nor logged
 
 
-def test_lora_merged_equals_unmerged(make_cfg) -> None:
-    plan, rt = build(make_cfg(**{"train.method": "lora", "lora.r": 4}))
+@pytest.mark.parametrize("variant", ["lora", "rslora", "dora"])
+def test_lora_merged_equals_unmerged(make_cfg, variant: str) -> None:
+    extra = {"lora.use_rslora": True} if variant == "rslora" else {"lora.use_dora": True} if variant == "dora" else {}
+    plan, rt = build(make_cfg(**{"train.method": "lora", "lora.r": 4, **extra}))
     model, _ = build_model(plan, rt)
+    layer = next(m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
+    alpha, r = plan.config.lora.alpha, plan.config.lora.r
+    assert layer.scaling["default"] == pytest.approx(alpha / math.sqrt(r) if variant == "rslora" else alpha / r)
+    magnitudes = [n for n, p in model.named_parameters() if "lora_magnitude" in n and p.requires_grad]
+    assert bool(magnitudes) == (variant == "dora")  # DoRA trains each weight's magnitude too
     with torch.no_grad():  # make the adapter non-trivial (B starts at zero)
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -126,3 +133,17 @@ def test_run_records_which_linear_kernels_it_chose(make_cfg, tmp_path) -> None:
     reference = train_config(make_cfg(**{"train.max_steps": 1, "train.engine": "reference",
                                        "train.out": str(tmp_path / "ref")}))
     assert reference.summary["linear_kernels"] is None  # the yardstick path stays plain
+
+
+def test_dora_run_trains_magnitudes_on_the_fast_engine(make_cfg) -> None:
+    """A DoRA run goes through the fast engine's packed rows and moves the magnitude vectors."""
+    cfg = make_cfg(**{"train.method": "lora", "lora.r": 4, "lora.use_dora": True, "train.max_steps": 2,
+                      "train.lr": 1e-2})
+    plan, rt = build(cfg)
+    start, _ = build_model(plan, rt)
+    before = {n: p.detach().clone() for n, p in start.named_parameters() if "lora_magnitude" in n}
+    result = train_config(cfg)
+    after = {n: p.detach() for n, p in result.model.named_parameters() if "lora_magnitude" in n}
+    assert before.keys() == after.keys() and before
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert result.summary["status"] == "finished" and math.isfinite(result.summary["final_train_loss"])
