@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,20 @@ def run_entry(name: str, overrides: list[str], train_path: Path, test_path: Path
     }
 
 
+def paired(run_a: Path, run_b: Path) -> dict[str, Any]:
+    """Two runs judged on the same test messages: who was right where the other was wrong, and
+    the exact two-sided McNemar p-value of that split (intervals overlap long before it is 0.05)."""
+    cases = [json.loads((run / "eval.json").read_text(encoding="utf-8"))["cases"] for run in (run_a, run_b)]
+    if [(c["where"].rsplit(":", 1)[-1], c["prompt"]) for c in cases[0]] != [(c["where"].rsplit(":", 1)[-1], c["prompt"]) for c in cases[1]]:
+        raise SystemExit("the two runs were not evaluated on the same test messages")
+    only_a = sum(a["correct"]["tuned"] and not b["correct"]["tuned"] for a, b in zip(*cases))
+    only_b = sum(b["correct"]["tuned"] and not a["correct"]["tuned"] for a, b in zip(*cases))
+    n, k = only_a + only_b, min(only_a, only_b)
+    p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"a": str(run_a), "b": str(run_b), "only_a_right": only_a, "only_b_right": only_b,
+            "mcnemar_p": round(p_value, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DATA)
@@ -72,9 +87,15 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=400)
     parser.add_argument("--time-budget", default="6m")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", nargs="+", required=True, help="entries name:key=value ...")
+    parser.add_argument("--grid", nargs="+", help="entries name:key=value ...")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar="RUN", help="paired test of two evaluated runs")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
+    if args.compare:
+        print(json.dumps(paired(*args.compare)))
+        return
+    if not args.grid:
+        parser.error("--grid (or --compare) is required")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = args.work or HERE / "work" / f"curves-{stamp}"
     work.mkdir(parents=True, exist_ok=True)

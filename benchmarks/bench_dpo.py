@@ -86,11 +86,20 @@ def make_pairs(out: Path, n_train: int, n_test: int, seed: int) -> tuple[Path, P
 # ----------------------------------------------------------------------------- runners
 
 
+def _defaults() -> Any:
+    from tunecraft.config import LoraConfig
+
+    return LoraConfig()
+
+
 def _lora_config() -> Any:
     from peft import LoraConfig
 
-    # tunecraft's LoRA defaults: r 16, alpha 32, no dropout, every linear layer but lm_head.
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    from tunecraft.config import LoraConfig as Defaults
+
+    d = Defaults()  # tunecraft's LoRA defaults (every linear layer but lm_head), read from its config
+    return LoraConfig(r=d.r, lora_alpha=d.alpha, lora_dropout=d.dropout, target_modules=d.target_modules,
+                      task_type="CAUSAL_LM")
 
 
 def _stream_hash(seqs: list[tuple[list[int], int]]) -> str:
@@ -312,7 +321,8 @@ def settings_by_side(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "tokens": "tunecraft's rendering on both: the model's chat template (its default system prompt), "
                   "answer tokens = the label + <|im_end|> (alignment.train_stream)",
         "max_length": f"{args.max_length} (no pair reaches it: alignment.longest_sequence)",
-        "lora": "r 16, alpha 32, dropout 0, all linear layers but lm_head; A drawn from the same seed"
+        "lora": "tunecraft's defaults on both (r {0.r}, alpha {0.alpha:g}, dropout {0.dropout:g}, all linear layers "
+                "but lm_head); A drawn from the same seed".format(_defaults())
                 if args.method == "lora" else "none (full weights)",
         "model_dropout": "0 in the model's config (attention_dropout 0.0); TRL disable_dropout=True, tunecraft's DPO turns dropout off",
     }

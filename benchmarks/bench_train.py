@@ -165,10 +165,13 @@ def _trl_trainer(args: argparse.Namespace, model: Any, tokenizer: Any, train_pat
         max_grad_norm=1.0, weight_decay=0.0, dataloader_num_workers=0,
     )
     peft_config = None
-    if args.method == "lora" and eval_path is None:  # tunecraft's LoRA defaults: r 16, alpha 32, all linears
+    if args.method == "lora" and eval_path is None:  # tunecraft's LoRA defaults, read from its config
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+        from tunecraft.config import LoraConfig as Defaults
+
+        d = Defaults()
+        peft_config = LoraConfig(r=d.r, lora_alpha=d.alpha, lora_dropout=d.dropout, target_modules=d.target_modules,
                                  task_type="CAUSAL_LM")
     return SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                       callbacks=callbacks or [], peft_config=peft_config,

@@ -26,7 +26,7 @@ def test_method_from_size(n_params: int, method: str) -> None:
 
 def test_lr_by_method() -> None:
     assert auto.choose_lr("lora").value == 1e-3
-    assert auto.choose_lr("full").value == 5e-5
+    assert auto.choose_lr("full").value == 1e-4
 
 
 @pytest.mark.parametrize(("n", "epochs"), [(1, 4.0), (200, 4.0), (201, 3.0), (1000, 3.0),
@@ -90,7 +90,7 @@ def test_all_auto_plan_resolves_everything_once_with_reasons(make_cfg) -> None:
     plan = make_plan(cfg)
     s = plan.settings
     # The tiny model is small (full), the 64-row data gives 57 train rows (4 epochs, batch 5).
-    assert (s.method, s.lr, s.epochs, s.batch_size) == ("full", 5e-5, 4.0, 5)
+    assert (s.method, s.lr, s.epochs, s.batch_size) == ("full", 1e-4, 4.0, 5)
     assert s.micro_batch_size == 5 and s.max_length == 128  # p99 of the rows, rounded up to 64s
     # 6 evaluations of all 6 validation rows fit 5% of 240 trained rows (0.05 * 3 * 240 / 6): every 8 steps.
     assert plan.total_steps == 48 and (s.eval_every, s.save_every, s.save_interval_s) == (8, None, 600.0)
@@ -150,8 +150,8 @@ def test_build_does_not_change_the_plan_it_was_given(make_cfg, tmp_path) -> None
 
 def test_lr_multiplier_scales_the_resolved_lr_once(make_cfg) -> None:
     plan = make_plan(make_cfg(**{"train.lr": None, "train.lr_multiplier": 0.5}))
-    assert plan.settings.lr == 5e-5 * 0.5  # the auto LR for full fine-tuning, halved
-    assert plan.config.train.lr == 5e-5 and plan.config.train.lr_multiplier == 0.5  # resume re-applies once
+    assert plan.settings.lr == 1e-4 * 0.5  # the auto LR for full fine-tuning, halved
+    assert plan.config.train.lr == 1e-4 and plan.config.train.lr_multiplier == 0.5  # resume re-applies once
     again = make_plan(plan.config)  # what --resume plans from config.yaml
     assert again.settings.lr == plan.settings.lr
 
