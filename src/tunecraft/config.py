@@ -48,6 +48,11 @@ class DataConfig(_Section):
     val: str | None = Field(None, description="Validation data file; default: a seeded split of train.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out when no val file is given.")
     max_length: int | None = Field(None, gt=8, description="Max tokens per example (auto: from the data).")
+    window_overlap: int | None = Field(
+        None, ge=0, description="Raw-text documents longer than max_length are split into windows of "
+        "max_length tokens, each repeating this many tokens of the previous one as context (no loss on "
+        "them; auto: max_length / 8, at most half a window).",
+    )
     template: Literal["auto", "chat", "raw"] = Field(
         "auto",
         description="How prompt/completion and instruction rows are rendered: 'chat' uses the model's "

@@ -200,6 +200,9 @@ def _stats_table(report: CheckReport) -> Table:
         ("longer than max length", lambda f: f"{f.stats.too_long} ({f.stats.tokens_cut:,} tokens cut)"
          if f.stats else "-"),
     ]
+    if any(f.stats and f.stats.split_documents for f in report.files):
+        rows.append(("split into windows", lambda f: f"{f.stats.split_documents} -> {f.stats.windows} windows "
+                     f"(overlap {f.stats.window_overlap})" if f.stats and f.stats.split_documents else "-"))
     for label, cell in rows:
         table.add_row(label, *(cell(f) for f in report.files))
     return table

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecraft.data import cache
-from tunecraft.data.render import TemplateMode, TokenizedExample, TokenizedPair, tokenize_sequences
+from tunecraft.data.render import IGNORE, TemplateMode, TokenizedExample, TokenizedPair, tokenize_sequences
 from tunecraft.data.schema import Example
 from tunecraft.data.split import split_indices
 
@@ -127,3 +127,53 @@ def truncate(examples: list[TokenizedExample], max_length: int) -> list[Tokenize
     return out
 
 
+
+
+def window_overlap(max_length: int, asked: int | None) -> int:
+    """Tokens each window repeats from the previous one (auto: an eighth of the window); at most
+    half a window, so every window brings new tokens."""
+    value = max_length // 8 if asked is None else asked
+    return max(0, min(value, max_length // 2))
+
+
+def windows(e: TokenizedExample, max_length: int, overlap: int) -> list[TokenizedExample]:
+    """A raw-text document longer than `max_length` as overlapping windows instead of one cut.
+
+    Each window after the first starts `overlap` tokens before the previous one ended, so its
+    first tokens are predicted with context; those repeated tokens bear no loss (IGNORE), so
+    every token of the document bears loss exactly once, as in one long sequence.
+    """
+    n = len(e.input_ids)
+    if n <= max_length:
+        return [e]
+    step, out, start = max_length - overlap, [], 0
+    while True:
+        end = min(n, start + max_length)
+        labels = list(e.labels[start:end])
+        if start:
+            labels[:overlap] = [IGNORE] * min(overlap, len(labels))
+        out.append(TokenizedExample(list(e.input_ids[start:end]), labels, e.path, e.line, 0))
+        if end == n:
+            return out
+        start += step
+
+
+def window_count(n_tokens: int, max_length: int, overlap: int) -> int:
+    """How many windows `windows` makes of a document of `n_tokens` tokens."""
+    if n_tokens <= max_length:
+        return 1
+    return 1 + -(-(n_tokens - max_length) // (max_length - overlap))
+
+
+def fit_length(items: list[TokenizedExample], examples: list[Example], max_length: int,
+               overlap: int) -> list[TokenizedExample]:
+    """Every item within `max_length`: raw-text documents split into windows (`windows`), any
+    other example (a chat, a prompt and its completion, a preference pair) cut on the right,
+    since splitting it would separate an answer from its question."""
+    out: list = []
+    for item, example in zip(items, examples, strict=True):
+        if example.format == "text" and isinstance(item, TokenizedExample):
+            out.extend(windows(item, max_length, overlap))
+        else:
+            out.extend(truncate([item], max_length))
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from tunecraft.data.prepare import window_overlap, windows
 from tunecraft.data.render import IGNORE, TemplateMode, tokenize_sequences
 from tunecraft.data.schema import Example, Issue
 from tunecraft.errors import DataError
@@ -31,10 +32,13 @@ class TokenStats:
     p99: int
     max: int
     max_length: int
-    too_long: int  # examples longer than max_length
+    too_long: int  # examples longer than max_length that get cut (raw text is split instead)
     tokens_cut: int  # tokens removed by truncation, over all examples
     too_long_lines: list[int] = field(default_factory=list)
     no_loss_lines: list[int] = field(default_factory=list)  # no loss-bearing token left
+    split_documents: int = 0  # raw-text documents longer than max_length, split into windows
+    windows: int = 0  # the windows those documents became
+    window_overlap: int = 0  # tokens each window repeats from the one before (context, no loss)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +58,15 @@ def token_stats(
     max_length: int,
     mode: TemplateMode = "auto",
     system_prompt: str | None = None,
+    overlap: int | None = None,
 ) -> tuple[TokenStats, list[Issue]]:
-    """Statistics of `examples`; examples the template cannot render become `template_error`s."""
+    """Statistics of `examples`; examples the template cannot render become `template_error`s.
+    Raw-text documents longer than `max_length` count as the windows training makes of them
+    (`overlap`: data.window_overlap, None for auto)."""
     lengths: list[int] = []
     tokens = loss = cut = 0
+    split = made = 0
+    repeat = window_overlap(max_length, overlap)
     too_long: list[int] = []
     no_loss: list[int] = []
     issues: list[Issue] = []
@@ -68,6 +77,13 @@ def token_stats(
             issues.append(Issue(ex.path, ex.line, "template_error", f"the model's chat template "
                                 f"cannot render this example: {_reason(exc)}"))
             continue
+        if ex.format == "text" and toks[0].n_tokens > max_length:
+            lengths.append(toks[0].n_tokens)
+            parts = windows(toks[0], max_length, repeat)
+            split, made = split + 1, made + len(parts)
+            tokens += sum(p.n_tokens for p in parts)
+            loss += sum(p.n_loss for p in parts)
+            continue
         for tok in toks:  # a preference pair: both sequences count (training runs both)
             tokens, loss, cut = _count(ex, tok, max_length, (tokens, loss, cut), lengths, too_long, no_loss)
     lengths.sort()
@@ -76,6 +92,7 @@ def token_stats(
         p50=percentile(lengths, 50), p90=percentile(lengths, 90), p99=percentile(lengths, 99),
         max=lengths[-1] if lengths else 0, max_length=max_length,
         too_long=len(too_long), tokens_cut=cut, too_long_lines=too_long, no_loss_lines=no_loss,
+        split_documents=split, windows=made, window_overlap=repeat if split else 0,
     )
     return stats, issues
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from tunecraft.data.batching import padded_batches
+from tunecraft.data.prepare import fit_length, window_overlap
 from tunecraft.data.render import TokenizedExample, tokenize_example
 from tunecraft.data.schema import Example
 from tunecraft.train.loss import compute_loss
@@ -27,9 +28,13 @@ class HeldoutLoss:
 
 
 def tokenize_for(lm: Any, examples: list[Example]) -> list[TokenizedExample]:
-    """Tokenize examples with a loaded model's tokenizer, template and system prompt."""
+    """Tokenize examples with a loaded model's tokenizer, template and system prompt; a raw-text
+    document longer than the model's context is scored as windows (as training splits it), not cut."""
     limit = int(getattr(lm, "context_length", 0) or 0) or None
-    return [tokenize_example(e, lm.tokenizer, limit, lm.template, lm.system_prompt) for e in examples]
+    whole = [tokenize_example(e, lm.tokenizer, None, lm.template, lm.system_prompt) for e in examples]
+    if limit is None:
+        return whole
+    return fit_length(whole, examples, limit, window_overlap(limit, None))
 
 
 @torch.no_grad()

@@ -84,11 +84,18 @@ def choose_batch_size(n_train: int) -> Choice:
     return Choice("train.batch_size", value, f"{n_train} examples: {value} per step gives ~10 steps per epoch")
 
 
-def choose_max_length(lengths: list[int], context: int) -> Choice:
+RAW_TEXT_WINDOW = 1024  # tokens: raw text longer than the window is split, not cut, so a longer one only costs memory
+
+
+def choose_max_length(lengths: list[int], context: int, raw_text: bool = False) -> Choice:
+    """`raw_text`: every example is a raw document (split into windows when longer)."""
     if not lengths:
         return Choice("data.max_length", min(512, context), "no data lengths known")
     ordered = sorted(lengths)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    if raw_text and min(context, p99) > RAW_TEXT_WINDOW:
+        return Choice("data.max_length", RAW_TEXT_WINDOW, f"raw text (p99 {p99} tokens): longer documents "
+                      f"are split into overlapping windows of {RAW_TEXT_WINDOW} tokens, so nothing is cut")
     value = min(context, max(64, _round_up(p99, 64)))
     return Choice("data.max_length", value, f"covers 99% of examples (p99 {p99} tokens), "
                   f"within the model's context of {context}")

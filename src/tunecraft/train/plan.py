@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from tunecraft.config import LoraConfig, RunConfig
 from tunecraft.data.batching import count_loss_tokens, steps_per_epoch
-from tunecraft.data.prepare import PreparedData, prepare, read_examples, truncate
+from tunecraft.data.prepare import PreparedData, fit_length, prepare, read_examples, window_count, window_overlap
 from tunecraft.data.render import TokenizedExample, sequences
 from tunecraft.errors import ConfigError, DataError
 from tunecraft.models.facts import context_length, count_params, pick_device
@@ -204,7 +204,9 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
     if tc.max_steps is not None and tc.epochs is None:
         r.choose(tc.epochs, lambda: auto.epochs_for_steps(int(tc.max_steps or 0), len(data.train), int(tc.batch_size or 1)))
     r.choose(tc.epochs, lambda: auto.choose_epochs(len(data.train)))
-    r.choose(cfg.data.max_length, lambda: auto.choose_max_length([len(e.input_ids) for e in sequences(data.train)], context))
+    raw_text = bool(data.train_examples) and all(e.format == "text" for e in data.train_examples)
+    r.choose(cfg.data.max_length, lambda: auto.choose_max_length([len(e.input_ids) for e in sequences(data.train)],
+                                                                 context, raw_text))
     r.choose(tc.micro_batch_size, lambda: auto.choose_micro_batch(int(tc.batch_size or 1), int(cfg.data.max_length or context), device.type,
                                                                   2 if tc.objective == "dpo" else 1))
     if tc.micro_batch_size and tc.batch_size and tc.micro_batch_size > tc.batch_size:
@@ -296,7 +298,13 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     max_len = int(cfg.data.max_length or context)
     if max_len > context:
         raise ConfigError(f"data.max_length: {max_len} exceeds the model's context ({context})")
-    train, val = truncate(data.train, max_len), truncate(data.val, max_len)
+    overlap = window_overlap(max_len, cfg.data.window_overlap)
+    windowed = _windows_choice(data, max_len, overlap, cfg.data.window_overlap)
+    if windowed is not None:
+        choices.append(windowed)
+        cfg.data.window_overlap = overlap
+    train = fit_length(data.train, data.train_examples, max_len, overlap)
+    val = fit_length(data.val, data.val_examples, max_len, overlap)
     if sum(count_loss_tokens(e) for e in sequences(train)) == 0:
         raise DataError("no example has a loss-bearing token left after truncation; raise --max-length")
     total = total_steps(float(cfg.train.epochs or 1.0), len(train), int(cfg.train.batch_size or 1), cfg.train.max_steps)
@@ -308,6 +316,20 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     clock.lap("decide_s")
     return Plan(cfg, settings, run_dir, model, tokenizer, data, train, val, n_params, total, tuple(choices), indices,
                 clock.laps)
+
+
+def _windows_choice(data: PreparedData, max_len: int, overlap: int, asked: int | None) -> auto.Choice | None:
+    """What splitting long raw-text documents makes (None: no document is longer than max_len)."""
+    long = [len(t.input_ids) for t, e in zip(data.train + data.val, data.train_examples + data.val_examples)
+            if e.format == "text" and len(t.input_ids) > max_len]
+    if not long:
+        return None
+    made = sum(window_count(n, max_len, overlap) for n in long)
+    how = "as set" if asked is not None else "auto: an eighth of the window"
+    return auto.Choice("data.window_overlap", overlap, f"{len(long)} raw-text document(s) longer than "
+                       f"{max_len} tokens split into {made} windows of at most {max_len} tokens, each "
+                       f"repeating the previous one's last {overlap} as context without loss ({how}): "
+                       "nothing is cut")
 
 
 def total_steps(epochs: float, n_train: int, batch_size: int, max_steps: int | None) -> int:

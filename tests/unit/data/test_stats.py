@@ -64,3 +64,31 @@ def test_context_length(tiny_tokenizer: Any, tiny_model_dir: Path, tmp_path: Pat
     assert context_length(Tok(), tiny_model_dir) == 256  # the smaller limit wins
     Tok.model_max_length = int(1e30)  # "no limit" sentinel
     assert context_length(Tok(), tmp_path) == DEFAULT_CONTEXT
+
+
+def test_long_raw_text_is_split_into_windows_not_cut(tiny_tokenizer: Any) -> None:
+    """Every token of a long document bears loss exactly once across its windows; each window
+    after the first repeats the previous one's last `overlap` tokens as loss-free context."""
+    from tunecraft.data.prepare import window_count, windows
+    from tunecraft.data.render import IGNORE
+
+    doc = Example("text", "f.jsonl", 1, text=" ".join(f"w{i}" for i in range(400)))
+    whole = tokenize_example(doc, tiny_tokenizer)
+    limit, overlap = 64, 8
+    parts = windows(whole, limit, overlap)
+    assert len(parts) == window_count(whole.n_tokens, limit, overlap) > 2
+    assert all(p.n_tokens <= limit for p in parts) and all(p.truncated == 0 for p in parts)
+    step = limit - overlap
+    for k, part in enumerate(parts):  # the windows are the document's own tokens, in order
+        assert part.input_ids == whole.input_ids[k * step: k * step + limit]
+        if k:
+            assert part.labels[:overlap] == [IGNORE] * overlap
+    learned = [t for p in parts for t in p.labels if t != IGNORE]
+    assert learned == [t for t in whole.labels if t != IGNORE]  # each token once, none lost
+    assert parts[-1].input_ids[-1] == whole.input_ids[-1]
+    stats, _ = token_stats([doc, pc(2, "short", "ok")], tiny_tokenizer, max_length=limit, overlap=overlap)
+    assert (stats.split_documents, stats.windows, stats.window_overlap) == (1, len(parts), overlap)
+    assert stats.too_long == 0 and stats.tokens_cut == 0 and length_issues(stats, "f.jsonl") == []
+    short = tokenize_example(pc(2, "short", "ok"), tiny_tokenizer)
+    assert stats.loss_tokens == len(learned) + short.n_loss
+    assert stats.tokens == sum(p.n_tokens for p in parts) + short.n_tokens

@@ -122,3 +122,29 @@ def test_cli_time_budget_run_ends_inside_it(tiny_model_dir: Path, chat_data: Pat
     assert sum(summary["startup_s"].values()) + summary["wall_s"] <= 25.0 + step_s
     assert took < 25.0 + 20  # the interpreter's imports come on top of the budget
     assert summary["steps"] >= 10  # the budget was used, not wasted
+
+
+def test_a_long_raw_text_document_trains_as_windows(make_cfg, tmp_path) -> None:
+    """A raw-text file whose documents exceed max_length plans windows (stated, with the overlap),
+    trains on them, and a short document stays one example."""
+    import json
+
+    from runs import train_config
+    from tunecraft.data.prepare import window_count
+    from tunecraft.train.plan import make_plan
+
+    path = tmp_path / "docs.jsonl"
+    docs = [" ".join(f"tok{i % 97}" for i in range(n)) for n in (300, 20, 250, 10)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    cfg = make_cfg(**{"data.train": str(path), "data.val": str(path), "data.max_length": 48,
+                      "train.batch_size": 2, "train.micro_batch_size": 2, "train.max_steps": 2})
+    plan = make_plan(cfg)
+    lengths = [len(t.input_ids) for t in plan.data.train]
+    overlap = 48 // 8
+    assert plan.config.data.window_overlap == overlap
+    assert len(plan.train) == sum(window_count(n, 48, overlap) for n in lengths) > len(lengths)
+    assert all(len(t.input_ids) <= 48 and t.truncated == 0 for t in plan.train)
+    choice = next(c for c in plan.choices if c.field == "data.window_overlap")
+    assert "split into" in choice.reason and "nothing is cut" in choice.reason
+    result = train_config(cfg)
+    assert result.summary["status"] == "finished" and result.summary["train_examples"] == len(plan.train)
