@@ -201,9 +201,9 @@ def _check_content(msg: dict[str, Any], where: str, c: _Checker) -> str | None:
         return None
     content = msg["content"]
     if isinstance(content, list):
-        c.add("non_string_content", f"{where}.content is an array of parts; "
-              "join the text parts into one string (images and tool calls are not supported)")
-        return None
+        content = _text_parts(content, f"{where}.content", c)
+        if content is None:
+            return None
     if not isinstance(content, str):
         c.add("non_string_content", f"{where}.content must be a string, got {json_type(content)}")
         return None
@@ -211,6 +211,27 @@ def _check_content(msg: dict[str, Any], where: str, c: _Checker) -> str | None:
         c.add("empty_field", f"{where}.content is empty; write the message text or drop the message")
     c.text(content, f"{where}.content")
     return content
+
+
+def _text_parts(parts: list[Any], where: str, c: _Checker) -> str | None:
+    """OpenAI's content-part list (`[{"type": "text", "text": ...}, ...]`) as one string, the parts
+    joined by newlines (as vLLM and llama.cpp's servers render them); any other part is an error
+    naming it, since a text model cannot train on an image or a sound."""
+    texts = []
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            continue
+        what = (f'a "{kind}" part' if isinstance(kind, str) else
+                f"{json_type(part)}" if not isinstance(part, dict) else 'a part without "type"')
+        c.add("non_string_content", f"{where}[{i}] is {what}; only text parts "
+              '({"type": "text", "text": "..."}) can train a text model: drop the others')
+        return None
+    if not texts:
+        c.add("empty_field", f"{where} is an empty list of parts; write the message text")
+        return None
+    return "\n".join(texts)
 
 
 def _check_ignored(msg: dict[str, Any], where: str, c: _Checker) -> None:

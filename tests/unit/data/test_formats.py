@@ -131,6 +131,9 @@ def codes(obj: Any) -> list[str]:
          ["non_string_content"]),
         ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "a"}]},
          ["non_string_content"]),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                       {"role": "assistant", "content": "a"}]}, ["non_string_content"]),
+        ({"messages": [{"role": "user", "content": []}, {"role": "assistant", "content": "a"}]}, ["empty_field"]),
         ({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "a"}]}, ["empty_field"]),
         ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": True}]},
          ["invalid_weight"]),
@@ -239,3 +242,24 @@ def test_load_examples_returns_examples_or_lists_every_error(tmp_path: Path) -> 
     assert f"{path}:1: missing_field:" in message
     assert f"{path}:2: invalid_json:" in message
     assert "3 errors" in message and "tunecraft data check" in message
+
+
+def test_openai_text_parts_train_as_one_string(tmp_path) -> None:
+    """OpenAI's content-part lists (text parts) are joined by newlines, exactly like a string."""
+    import json
+
+    from tunecraft.data.formats import parse_file
+
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "answer"}]}]}
+    plain = {"messages": [{"role": "user", "content": "first\nsecond"}, {"role": "assistant", "content": "answer"}]}
+    (tmp_path / "parts.jsonl").write_text(json.dumps(parts) + "\n", encoding="utf-8")
+    (tmp_path / "plain.jsonl").write_text(json.dumps(plain) + "\n", encoding="utf-8")
+    a, b = parse_file(tmp_path / "parts.jsonl"), parse_file(tmp_path / "plain.jsonl")
+    assert a.issues == [] and a.examples[0].messages == b.examples[0].messages
+    bad = {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "input_audio"}]},
+                        {"role": "assistant", "content": "a"}]}
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    (issue,) = parse_file(tmp_path / "bad.jsonl").issues
+    assert (issue.line, issue.code) == (1, "non_string_content")
+    assert 'content[1] is a "input_audio" part' in issue.message and "only text parts" in issue.message
