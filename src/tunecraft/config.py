@@ -43,8 +43,17 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Allow a model's own Python code to run (off by default).")
 
 
+class DataSource(_Section):
+    """One of several training files, with its share of each epoch."""
+
+    path: str = Field(description="Data file (JSONL or CSV, either may be gzipped).")
+    weight: float = Field(1.0, gt=0, description="Relative share of each epoch drawn from this file.")
+
+
 class DataConfig(_Section):
-    train: str | None = Field(None, description="Training data file (JSONL or CSV, either may be gzipped).")
+    train: str | list[DataSource] | None = Field(
+        None, description="Training data file (JSONL or CSV, either may be gzipped), or several as "
+        "[{path, weight}] mixed by weight: each epoch draws weight/total of its examples from each file.")
     val: str | None = Field(None, description="Validation data file; default: a seeded split of train.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out when no val file is given.")
     max_length: int | None = Field(None, gt=8, description="Max tokens per example (auto: from the data).")
@@ -59,6 +68,29 @@ class DataConfig(_Section):
         "chat template (what `chat` and `serve` use), 'raw' concatenates; auto = chat when the model has one.",
     )
     system_prompt: str | None = Field(None, description="System message added to rows that have none.")
+    @field_validator("train", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        """A list of plain paths means weight 1 each; a list of one file is that file."""
+        if isinstance(value, list):
+            value = [{"path": v} if isinstance(v, str) else v for v in value]
+            if len(value) == 1 and isinstance(value[0], dict) and set(value[0]) <= {"path", "weight"}:
+                return value[0].get("path")
+        return value
+
+    def sources(self) -> list[DataSource]:
+        """The training files with their weights (one file: weight 1)."""
+        if self.train is None:
+            return []
+        return [DataSource(path=self.train)] if isinstance(self.train, str) else list(self.train)
+
+    def train_label(self) -> str:
+        """The training data as a person reads it: the file, or each file with its weight."""
+        sources = self.sources()
+        if len(sources) == 1:
+            return sources[0].path
+        return ", ".join(f"{s.path} (weight {s.weight:g})" for s in sources)
+
     reject_label: str | None = Field(
         None, description="The label meaning 'none of the others' in a closed-label task (auto: "
         "out_of_scope or other when the label set has one): answers below a confidence threshold, "

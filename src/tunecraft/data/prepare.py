@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,101 @@ def prepare(
         split,
         digests,
     )
+
+
+def source_role(k: int) -> str:
+    """The digest key of the k-th training file: "train", then "train2", "train3", ..."""
+    return "train" if k == 0 else f"train{k + 1}"
+
+
+def mix_counts(sizes: list[int], weights: list[float]) -> list[int]:
+    """Examples each training file gives an epoch: the epoch keeps the files' total size, shared
+    out by weight (largest remainders, so the counts add up to the total exactly)."""
+    total, weight_sum = sum(sizes), sum(weights)
+    exact = [total * w / weight_sum for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def draw(n: int, count: int, seed: int) -> list[int]:
+    """`count` indices of a file's `n` training examples: whole seeded passes first (an
+    up-weighted file shows every example k times before any k+1-th), then a seeded part of one
+    more (a down-weighted file: a seeded subset)."""
+    rng, out = random.Random(seed), []
+    while n and len(out) < count:
+        order = list(range(n))
+        rng.shuffle(order)
+        out.extend(order[: count - len(out)])
+    return out
+
+
+@dataclass
+class _Part:
+    path: Path
+    weight: float
+    examples: list[Example]
+    tokens: list[TokenizedExample]
+    train: list[int]
+    val: list[int]
+    digest: str
+
+
+def prepare_sources(
+    sources: list[tuple[Path, float]],
+    val_path: Path | None,
+    tokenizer: Any,
+    max_length: int | None,
+    mode: TemplateMode,
+    system_prompt: str | None,
+    val_fraction: float,
+    seed: int,
+    train_examples: list[list[Example]] | None = None,
+    val_examples: list[Example] | None = None,
+) -> PreparedData:
+    """`prepare` for one or several training files mixed by weight.
+
+    Each file is tokenized (and cached) on its own and, without a validation file, split on its
+    own with the same seed, so each keeps its own held-out share. The training set is then one
+    epoch's draw: `mix_counts` examples from each file (`draw`). One file is `prepare` itself.
+    """
+    if len(sources) == 1:
+        path = sources[0][0]
+        return prepare(path, val_path, tokenizer, max_length, mode, system_prompt, val_fraction, seed,
+                       train_examples[0] if train_examples else None, val_examples)
+    parts = []
+    for k, (path, weight) in enumerate(sources):
+        examples = train_examples[k] if train_examples else read_examples(path)
+        digest = cache.file_digest(path)
+        tokens = tokenize_file(path, examples, tokenizer, max_length, mode, system_prompt, digest)
+        if val_path is None:
+            train_idx, val_idx = split_indices([e.key_text() for e in examples], val_fraction, seed)
+        else:
+            train_idx, val_idx = list(range(len(examples))), []
+        parts.append(_Part(path, weight, examples, tokens, train_idx, val_idx, digest))
+    counts = mix_counts([len(p.train) for p in parts], [p.weight for p in parts])
+    data = PreparedData([], [], [], [], {}, {source_role(k): p.digest for k, p in enumerate(parts)})
+    described = []
+    for k, (part, count) in enumerate(zip(parts, counts)):
+        drawn = [part.train[i] for i in draw(len(part.train), count, seed + k)]
+        data.train += [part.tokens[i] for i in drawn]
+        data.train_examples += [part.examples[i] for i in drawn]
+        data.val += [part.tokens[i] for i in part.val]
+        data.val_examples += [part.examples[i] for i in part.val]
+        described.append({"path": str(part.path), "weight": part.weight, "examples": len(part.examples),
+                          "train_examples": len(part.train), "drawn_per_epoch": count,
+                          "train_lines": [part.examples[i].line for i in part.train],
+                          "val_lines": [part.examples[i].line for i in part.val]})
+    data.split = {"kind": "split", "seed": seed, "fraction": val_fraction, "sources": described}
+    if val_path is not None:
+        ex = val_examples if val_examples is not None else read_examples(val_path)
+        data.digests["val"] = cache.file_digest(val_path)
+        data.val = tokenize_file(val_path, ex, tokenizer, max_length, mode, system_prompt, data.digests["val"])
+        data.val_examples = ex
+        data.split = {"kind": "file", "val": str(val_path), "sources": described}
+    return data
 
 
 def truncate(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunecraft import rundir
 from tunecraft.data.loader import load_examples
@@ -66,17 +67,23 @@ def scoring_example(case: EvalCase) -> Example:
     return Example("chat", path, int(line) if line.isdigit() else 0, tuple(messages))
 
 
-def training_examples(run_dir: Path, train_path: str | None) -> tuple[list[Example], str]:
-    """The rows that trained the run (from data/split.json), or ([], why not)."""
-    if not train_path:
+def training_examples(run_dir: Path, train: str | list[Any] | None) -> tuple[list[Example], str]:
+    """The rows that trained the run (from data/split.json), or ([], why not). `train`: the
+    config's data.train, one file or several (each distinct row once, whatever its weight)."""
+    if not train:
         return [], "the run's config names no training file"
-    path = Path(train_path)
-    if not path.is_file():
-        return [], f"{path}: training file not found (run eval from where you ran train)"
-    examples = load_examples(path)
+    paths = [Path(train)] if isinstance(train, str) else [Path(s.path) for s in train]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        return [], f"{missing[0]}: training file not found (run eval from where you ran train)"
     split = rundir.read_split(run_dir)
-    if split.get("kind") == "split":
-        # Only the rows that trained: the held-out validation rows must not become few-shot.
-        lines = set(split.get("train_lines", []))
-        examples = [e for e in examples if e.line in lines]
+    described = split.get("sources") or [split]
+    examples: list[Example] = []
+    for k, path in enumerate(paths):
+        rows = load_examples(path)
+        if split.get("kind") == "split" and k < len(described):
+            # Only the rows that trained: the held-out validation rows must not become few-shot.
+            lines = set(described[k].get("train_lines", []))
+            rows = [e for e in rows if e.line in lines]
+        examples += rows
     return examples, ""

@@ -114,28 +114,39 @@ def choose_compile() -> Choice:
                   "of compile time on a 2-core CPU; set train.compile=true for long runs")
 
 
-def choose_eval_every(total_steps: int, trained_examples: int, n_val: int) -> Choice:
+def _share_note(forward_share: float) -> str:
+    if forward_share == FORWARD_SHARE:
+        return ""
+    return f"; an evaluated example measured at {forward_share:.2f} of a trained one"
+
+
+def choose_eval_every(total_steps: int, trained_examples: int, n_val: int,
+                      forward_share: float = FORWARD_SHARE) -> Choice:
     """About 10 evaluations, fewer when 10 of at least 32 examples each would cost more than
-    ~5% of the steps (a 1,000-example run affords 4); never fewer than 3."""
+    ~5% of the steps (a 1,000-example run affords 4); never fewer than 3. `forward_share`: what
+    an evaluated example costs against a trained one (measured in a budget's warm-up)."""
     per_eval = min(n_val, EVAL_MIN_EXAMPLES) or 1
-    affordable = int(EVAL_SHARE / FORWARD_SHARE * trained_examples / per_eval)
+    affordable = int(EVAL_SHARE / forward_share * trained_examples / per_eval)
     count = min(total_steps, max(EVAL_MIN_COUNT, min(EVAL_MAX_COUNT, affordable)))
     value = max(1, math.ceil(total_steps / max(1, count)))
     if affordable >= EVAL_MAX_COUNT:
         return Choice("train.eval_every", value, f"about {EVAL_MAX_COUNT} evaluations over {total_steps} steps")
     return Choice("train.eval_every", value, f"{count} evaluations over {total_steps} steps: more, at "
-                  f"{per_eval} examples each, would cost over {EVAL_SHARE:.0%} of the steps")
+                  f"{per_eval} examples each, would cost over {EVAL_SHARE:.0%} of the steps"
+                  f"{_share_note(forward_share)}")
 
 
-def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int) -> Choice:
+def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int,
+                         forward_share: float = FORWARD_SHARE) -> Choice:
     """A fixed validation subsample whose forward passes (~1/3 of a training step's compute per
-    example) total ~5% of training over all evaluations; never fewer than 32 examples."""
-    budget = int(EVAL_SHARE / FORWARD_SHARE * trained_examples / max(1, n_evals))
+    example unless measured) total ~5% of training over all evaluations; never fewer than 32."""
+    budget = int(EVAL_SHARE / forward_share * trained_examples / max(1, n_evals))
     value = min(n_val, max(EVAL_MIN_EXAMPLES, budget))
     if value == n_val:
         return Choice("train.eval_examples", value, f"all {n_val} validation examples at each evaluation")
     return Choice("train.eval_examples", value, f"{value} of {n_val} validation examples per evaluation "
-                  f"(~5% of the compute over {n_evals} evaluations); all {n_val} at the end")
+                  f"(~5% of the compute over {n_evals} evaluations{_share_note(forward_share)}); "
+                  f"all {n_val} at the end")
 
 
 def choose_save_every() -> Choice:

@@ -26,6 +26,7 @@ from tunecraft import rundir
 from tunecraft.config import RunConfig
 from tunecraft.curves import run_verdict
 from tunecraft.data.batching import Batch, packed_batches, padded_batches, plan_steps, steps_per_epoch
+from tunecraft.data.prepare import source_role
 from tunecraft.data.render import sequences
 from tunecraft.durable import DiskFullError, disk_full
 from tunecraft.errors import TunecraftError
@@ -113,8 +114,8 @@ def build(cfg: RunConfig, on_status: Any = None, resume: bool = False) -> tuple[
         if on_status is not None:
             on_status("measuring a warm-up to fit the time budget ...")
         # Every rank fits the same plan: rank 0's measurement decides (as text: nothing pickled).
-        step_s, load_s, state_bytes = json.loads(rt.dist.agree(json.dumps(warm_up(plan, rt))))
-        plan = fit_budget(cfg, plan, Warmup(step_s, load_s, state_bytes, time.perf_counter() - t0))
+        step_s, load_s, state_bytes, eval_s = json.loads(rt.dist.agree(json.dumps(warm_up(plan, rt))))
+        plan = fit_budget(cfg, plan, Warmup(step_s, load_s, state_bytes, time.perf_counter() - t0, eval_s))
     # Every rank uses rank 0's run directory (a default one is named after the start time,
     # which may differ by a second between ranks).
     agreed = Path(rt.dist.agree(str(plan.run_dir)))
@@ -224,10 +225,11 @@ def measure_step_time(plan: Plan, rt: Runtime, steps: int = WARMUP_STEPS) -> flo
     return warm_up(plan, rt, steps)[0]
 
 
-def warm_up(plan: Plan, rt: Runtime, steps: int = WARMUP_STEPS) -> tuple[float, float, int]:
+def warm_up(plan: Plan, rt: Runtime, steps: int = WARMUP_STEPS) -> tuple[float, float, int, float | None]:
     """(seconds per optimizer step of an average batch, seconds to load the model, bytes a
-    checkpoint writes), measured on `steps` real steps after WARMUP_SKIP that pay one-time
-    costs; the weights are thrown away."""
+    checkpoint writes, seconds per validation example), measured on `steps` real steps after
+    WARMUP_SKIP that pay one-time costs, and on two evaluations of a few validation examples
+    (the second timed); the weights are thrown away."""
     s = plan.settings
     seed_everything(s.seed)
     t0 = time.perf_counter()
@@ -243,7 +245,28 @@ def warm_up(plan: Plan, rt: Runtime, steps: int = WARMUP_STEPS) -> tuple[float, 
     steady = sorted(per_token[WARMUP_SKIP:]) or per_token
     average_step_tokens = plan.train_tokens / max(1, len(plan.train)) * min(s.batch_size, len(plan.train))
     trainable = sum(p.numel() for p in _trainable(model))
-    return steady[len(steady) // 2] * average_step_tokens, load_s, checkpoint_bytes(trainable)
+    return (steady[len(steady) // 2] * average_step_tokens, load_s, checkpoint_bytes(trainable),
+            _eval_seconds_per_example(model, plan, rt))
+
+
+WARMUP_EVAL_EXAMPLES = 32
+
+
+def _eval_seconds_per_example(model: Any, plan: Plan, rt: Runtime) -> float | None:
+    """Seconds per validation example of an evaluation, scaled by tokens to the average example
+    (the first pass pays for new shapes, so the second is timed); None with no validation set."""
+    n = min(len(plan.val), WARMUP_EVAL_EXAMPLES)
+    if n == 0:
+        return None
+    indices = tuple(range(n))
+    evaluate(model, plan, rt, indices)
+    t0 = time.perf_counter()
+    evaluate(model, plan, rt, indices)
+    seconds = time.perf_counter() - t0
+    vals = sequences(plan.val)
+    timed = sum(len(e.input_ids) for e in sequences([plan.val[i] for i in indices]))
+    average = sum(len(e.input_ids) for e in vals) / max(1, len(plan.val))
+    return seconds / max(1, timed) * average
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -266,7 +289,8 @@ def _prepare_run_dir(plan: Plan, resume: bool) -> None:
 def _check_same_data(plan: Plan) -> None:
     """Resuming on a changed data file would silently continue on other examples: refuse."""
     recorded = rundir.read_split(plan.run_dir).get("sha256") or {}
-    files = {"train": plan.config.data.train, "val": plan.config.data.val}
+    files = {source_role(k): s.path for k, s in enumerate(plan.config.data.sources())}
+    files["val"] = plan.config.data.val
     for role, digest in plan.data.digests.items():
         before = recorded.get(role)
         if before is not None and before != digest:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from tunecraft.config import LoraConfig, RunConfig
 from tunecraft.data.batching import count_loss_tokens, steps_per_epoch
-from tunecraft.data.prepare import PreparedData, fit_length, prepare, read_examples, window_count, window_overlap
+from tunecraft.data.prepare import PreparedData, fit_length, prepare_sources, read_examples, window_count, window_overlap
 from tunecraft.data.render import TokenizedExample, sequences
 from tunecraft.errors import ConfigError, DataError
 from tunecraft.models.facts import context_length, count_params, pick_device
@@ -124,8 +124,9 @@ def check_paths(cfg: RunConfig) -> None:
     problems = []
     if not cfg.data.train:
         problems.append("data.train: no training data given (use --data FILE)")
-    elif not Path(cfg.data.train).is_file():
-        problems.append(f"data.train: {cfg.data.train}: no such file")
+    for source in cfg.data.sources():
+        if not Path(source.path).is_file():
+            problems.append(f"data.train: {source.path}: no such file")
     if cfg.data.val and not Path(cfg.data.val).is_file():
         problems.append(f"data.val: {cfg.data.val}: no such file")
     if cfg.train.micro_batch_size and cfg.train.batch_size and cfg.train.micro_batch_size > cfg.train.batch_size:
@@ -147,7 +148,7 @@ def check_objective(cfg: RunConfig, train_ex: list[Any], val_ex: list[Any] | Non
         if not examples:
             continue
         pairs = examples[0].format == "preference"
-        path = cfg.data.train if role == "data.train" else cfg.data.val
+        path = cfg.data.train_label() if role == "data.train" else cfg.data.val
         if dpo and not pairs:
             raise DataError(f"{role}: {path} holds {examples[0].format} examples, but train.objective=dpo "
                             "learns from preference pairs: {\"prompt\", \"chosen\", \"rejected\"} or OpenAI's "
@@ -159,14 +160,17 @@ def check_objective(cfg: RunConfig, train_ex: list[Any], val_ex: list[Any] | Non
                             "supervised fine-tuning.")
 
 
-def _validate_data(cfg: RunConfig) -> tuple[list[Any], list[Any] | None]:
-    """Read train and val, collecting the errors of both files into one DataError."""
+def _validate_data(cfg: RunConfig) -> tuple[list[list[Any]], list[Any] | None]:
+    """Read every training file and val, collecting the errors of all of them into one DataError
+    (each with its own PATH:LINE); returns each training file's examples and val's."""
     errors: list[str] = []
-    train_ex = val_ex = None
-    try:
-        train_ex = read_examples(Path(cfg.data.train or ""))
-    except DataError as exc:
-        errors.append(str(exc))
+    parts: list[list[Any]] = []
+    val_ex = None
+    for source in cfg.data.sources():
+        try:
+            parts.append(read_examples(Path(source.path)))
+        except DataError as exc:
+            errors.append(str(exc))
     if cfg.data.val:
         try:
             val_ex = read_examples(Path(cfg.data.val))
@@ -174,9 +178,14 @@ def _validate_data(cfg: RunConfig) -> tuple[list[Any], list[Any] | None]:
             errors.append(str(exc))
     if errors:
         raise DataError("\n".join(errors))
-    if not train_ex:
-        raise DataError(f"{cfg.data.train}: no training examples")
-    return train_ex, val_ex
+    for source, examples in zip(cfg.data.sources(), parts):
+        if not examples:
+            raise DataError(f"{source.path}: no training examples")
+    formats = {part[0].format == "preference" for part in parts}
+    if len(formats) > 1:
+        raise DataError(f"data.train: {cfg.data.train_label()} mixes preference pairs with examples of one "
+                        "answer; supervised and preference data train in separate runs")
+    return parts, val_ex
 
 
 class _Resolver:
@@ -217,14 +226,15 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
     return r.choices
 
 
-def _resolve_cadence(cfg: RunConfig, total_steps: int, n_val: int) -> list[auto.Choice]:
+def _resolve_cadence(cfg: RunConfig, total_steps: int, n_val: int,
+                     forward_share: float = auto.FORWARD_SHARE) -> list[auto.Choice]:
     r = _Resolver(cfg)
     tc = cfg.train
     trained = total_steps * int(tc.batch_size or 1)
-    r.choose(tc.eval_every, lambda: auto.choose_eval_every(total_steps, trained, n_val))
+    r.choose(tc.eval_every, lambda: auto.choose_eval_every(total_steps, trained, n_val, forward_share))
     r.choose(tc.save_every, auto.choose_save_every)
     n_evals = total_steps // int(tc.eval_every or 1) + (total_steps % int(tc.eval_every or 1) > 0)
-    r.choose(tc.eval_examples, lambda: auto.choose_eval_examples(n_val, trained, n_evals))
+    r.choose(tc.eval_examples, lambda: auto.choose_eval_examples(n_val, trained, n_evals, forward_share))
     return r.choices
 
 
@@ -268,14 +278,14 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     cfg = cfg.model_copy(deep=True)
     clock = _Clock()
     check_paths(cfg)
-    train_ex, val_ex = _validate_data(cfg)
-    check_objective(cfg, train_ex, val_ex)
+    train_parts, val_ex = _validate_data(cfg)
+    check_objective(cfg, [e for part in train_parts for e in part], val_ex)
     clock.lap("validate_s")
     model = resolve_model(cfg.model.name, on_status=on_status)  # converts a GGUF once, then cached
     tokenizer = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
     clock.lap("resolve_s")
-    data = prepare(
-        Path(cfg.data.train or ""),
+    data = prepare_sources(
+        [(Path(source.path), source.weight) for source in cfg.data.sources()],
         Path(cfg.data.val) if cfg.data.val else None,
         tokenizer,
         None,  # untruncated: max_length may be chosen from these lengths
@@ -283,18 +293,20 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
         cfg.data.system_prompt,
         cfg.data.val_fraction,
         cfg.train.seed,
-        train_examples=train_ex,
+        train_examples=train_parts,
         val_examples=val_ex,
     )
     if not data.val:
         raise DataError(
-            f"{cfg.data.train}: too few examples to hold out a validation set; add examples or "
+            f"{cfg.data.train_label()}: too few examples to hold out a validation set; add examples or "
             "pass --val FILE"
         )
     clock.lap("tokenize_s")  # a cache hit when this data, tokenizer and template were seen before
     n_params = count_params(model.path, cfg.model.trust_remote_code)
     context = context_length(tokenizer, model.path)
     choices = _resolve(cfg, n_params, data, context)
+    if data.split.get("sources"):
+        choices.append(_mix_choice(data.split["sources"]))
     max_len = int(cfg.data.max_length or context)
     if max_len > context:
         raise ConfigError(f"data.max_length: {max_len} exceeds the model's context ({context})")
@@ -316,6 +328,14 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     clock.lap("decide_s")
     return Plan(cfg, settings, run_dir, model, tokenizer, data, train, val, n_params, total, tuple(choices), indices,
                 clock.laps)
+
+
+def _mix_choice(sources: list[dict[str, Any]]) -> auto.Choice:
+    """How several training files share each epoch (what `prepare_sources` drew)."""
+    parts = [f"{Path(s['path']).name}: {s['drawn_per_epoch']} of each epoch from {s['train_examples']} "
+             f"training examples (weight {s['weight']:g})" for s in sources]
+    return auto.Choice("data.train", [s["drawn_per_epoch"] for s in sources],
+                       "mixed by weight: " + "; ".join(parts))
 
 
 def _windows_choice(data: PreparedData, max_len: int, overlap: int, asked: int | None) -> auto.Choice | None:
@@ -359,12 +379,21 @@ class Warmup:
     load_s: float  # seconds to load the model (the run pays it again)
     state_bytes: int  # bytes a checkpoint writes (trainable weights and AdamW's two moments)
     spent_s: float  # seconds of the budget already spent (planning and the warm-up)
+    eval_s: float | None = None  # seconds per validation example, measured (None: not measured)
+
+    def forward_share(self, batch_size: int) -> float:
+        """What an evaluated example costs against a trained one: measured where the warm-up
+        timed an evaluation (a LoRA model's forward runs its adapters unmerged, so its share is
+        larger than full fine-tuning's), else the rule of thumb (a forward is ~1/3 of a step)."""
+        if not self.eval_s or self.step_s <= 0:
+            return auto.FORWARD_SHARE
+        return min(1.0, max(0.05, self.eval_s / (self.step_s / max(1, batch_size))))
 
 
 def _budget_steps(plan: Plan, warm: Warmup) -> tuple[int, str]:
     """How many optimizer steps fit in the budget, and the arithmetic behind it."""
     s, budget = plan.settings, float(plan.settings.time_budget_s or 0.0)
-    forward_per_example = warm.step_s / max(1, s.batch_size) / 3  # a forward is ~1/3 of a step
+    forward_per_example = warm.step_s / max(1, s.batch_size) * warm.forward_share(s.batch_size)
     final_val_s = len(plan.val) * forward_per_example  # the full pass at the end
     checkpoint_s = warm.state_bytes / WRITE_BYTES_PER_S
     fixed = warm.spent_s + warm.load_s + final_val_s + checkpoint_s + BUDGET_MARGIN * budget
@@ -418,7 +447,7 @@ def fit_budget(cfg: RunConfig, plan: Plan, warm: Warmup) -> Plan:
     for field_name in ("eval_every", "eval_examples"):
         if getattr(tc, field_name) is None:
             setattr(decided.train, field_name, None)
-    choices += _resolve_cadence(decided, total, len(plan.val))
+    choices += _resolve_cadence(decided, total, len(plan.val), warm.forward_share(s.batch_size))
     settings = _settings(decided)
     return dataclasses.replace(
         plan, config=decided, settings=settings, total_steps=total, choices=tuple(choices),

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tunecraft.train import auto
-
 from tunecraft import rundir
 from tunecraft.config import parse_duration
 from tunecraft.errors import ConfigError
+from tunecraft.train import auto
 from tunecraft.train.loop import build, train
 from tunecraft.train.plan import BUDGET_MAX_EPOCHS, Warmup, fit_budget, make_plan
 from tunecraft.train.runtime import setup_runtime
@@ -78,6 +77,18 @@ def test_build_measures_a_warm_up_and_fits(make_cfg) -> None:
     assert "warmup_s" in plan.timings
     assert plan.config.train.max_steps == plan.total_steps
     assert any(c.field == "train.max_steps" and "median of a warm-up" in c.reason for c in plan.choices)
+
+
+def test_a_measured_evaluation_cost_sizes_the_validation_subsample() -> None:
+    """What an evaluated example costs is measured in the warm-up: the dearer it is, the fewer
+    validation examples fit the evaluations' 5% share."""
+    cheap, dear = Warmup(1.6, 0.0, 0, 0.0, eval_s=0.02), Warmup(1.6, 0.0, 0, 0.0, eval_s=0.05)
+    assert cheap.forward_share(16) == pytest.approx(0.2) and dear.forward_share(16) == pytest.approx(0.5)
+    assert Warmup(1.6, 0.0, 0, 0.0).forward_share(16) == auto.FORWARD_SHARE  # not measured: the rule of thumb
+    few = auto.choose_eval_examples(5000, 20_000, 10, dear.forward_share(16))
+    many = auto.choose_eval_examples(5000, 20_000, 10, cheap.forward_share(16))
+    assert few.value == 200 and many.value == 500  # 5% of 20,000 trained examples' compute over 10 evaluations
+    assert "measured at 0.50 of a trained one" in few.reason
 
 
 def test_the_loop_stops_within_one_step_of_the_limit(make_cfg, tmp_path: Path) -> None:
