@@ -168,6 +168,11 @@ class TrainConfig(_Section):
         description="'fast' (flat packed rows with per-example attention, shared prompt prefix computed "
         "once, LM head on answer tokens only) or 'reference' (padded batches, full logits: the yardstick).",
     )
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute each decoder layer's activations in the backward pass instead of "
+        "keeping them: less memory, ~30% more compute (auto: on when the plan's memory estimate exceeds "
+        "what the device has).",
+    )
     compile: bool | None = Field(
         None, description="torch.compile each decoder layer (auto: off; measured ~4% faster on CPU for ~50 s of compiling)."
     )

@@ -120,12 +120,15 @@ def run_train(
     # On an error the process group is left as is: another rank may still be inside a
     # collective, and exiting (torchrun then stops the others) releases everything.
     if dry_run:
+        from tunecraft.train.memory import measured_peak
+
         step_s = measure_step_time(plan, rt)
+        peak = measured_peak(rt.device)  # this process ran real steps: its peak is the run's
         rt.dist.shutdown()
         if as_json:
-            print(json.dumps(plan_json(plan, step_s), default=str), flush=True)
+            print(json.dumps(plan_json(plan, step_s, peak), default=str), flush=True)
         else:
-            print_plan(plan, console, step_s=step_s)
+            print_plan(plan, console, step_s=step_s, peak_bytes=peak)
         return 0
     if not resume:
         print_plan(plan, console)

@@ -378,6 +378,14 @@ def build_model(plan: Plan, rt: Runtime) -> tuple[Any, linear.Probe | None]:
         model.requires_grad_(True)
     if s.engine == "fast":
         attention.enable(unwrap(model))  # plain SDPA unless a packed layout is passed
+    if s.gradient_checkpointing:
+        # Non-reentrant: recomputation sees the same keyword arguments (the packed layout) and
+        # needs no input that requires grad, so a frozen LoRA base works as is.
+        base, kwargs = unwrap(model), {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers 5.x's name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     kernels = _linear_choice(model, s, rt)
     if kernels is not None and kernels.onednn:
         linear.use_fast_linears(model)

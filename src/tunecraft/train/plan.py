@@ -28,7 +28,8 @@ from tunecraft.errors import ConfigError, DataError
 from tunecraft.models.facts import context_length, count_params, pick_device
 from tunecraft.models.load import load_tokenizer
 from tunecraft.models.resolve import ResolvedModel, resolve_model
-from tunecraft.train import auto
+from tunecraft.train import auto, memory
+from tunecraft.train.memory import MemoryEstimate
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class TrainSettings:
     engine: Literal["fast", "reference"]
     compile: bool
     threads: int
+    gradient_checkpointing: bool
     sharding: Literal["ddp", "fsdp"]
     objective: Literal["sft", "dpo"] = "sft"
     dpo_beta: float = 0.1  # DPO's beta (objective dpo)
@@ -86,6 +88,7 @@ class Plan:
     choices: tuple[auto.Choice, ...] = ()
     eval_indices: tuple[int, ...] = ()  # the fixed validation subsample of intermediate evaluations
     timings: dict[str, float] = field(default_factory=dict)  # seconds per planning stage
+    memory: MemoryEstimate | None = None  # the estimated peak of a training step
 
     @property
     def train_tokens(self) -> int:
@@ -267,6 +270,7 @@ def _settings(cfg: RunConfig) -> TrainSettings:
         keep_checkpoints=tc.keep_checkpoints, patience=tc.patience, time_budget_s=tc.time_budget,
         precision=need("train.precision", tc.precision), deterministic=tc.deterministic,
         engine=tc.engine, compile=need("train.compile", tc.compile), threads=need("train.threads", tc.threads),
+        gradient_checkpointing=need("train.gradient_checkpointing", tc.gradient_checkpointing),
         sharding=tc.sharding, objective=tc.objective, dpo_beta=tc.dpo.beta, dpo_sft_weight=tc.dpo.sft_weight,
     )
     assert not missing, f"the plan left settings unresolved: {missing}"
@@ -310,6 +314,9 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     max_len = int(cfg.data.max_length or context)
     if max_len > context:
         raise ConfigError(f"data.max_length: {max_len} exceeds the model's context ({context})")
+    memory_estimate, checkpointing = _memory_choice(cfg, model.path, n_params, max_len)
+    if checkpointing is not None:
+        choices.append(checkpointing)
     overlap = window_overlap(max_len, cfg.data.window_overlap)
     windowed = _windows_choice(data, max_len, overlap, cfg.data.window_overlap)
     if windowed is not None:
@@ -327,7 +334,34 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     indices = eval_subsample(len(val), settings.eval_examples, settings.seed)
     clock.lap("decide_s")
     return Plan(cfg, settings, run_dir, model, tokenizer, data, train, val, n_params, total, tuple(choices), indices,
-                clock.laps)
+                clock.laps, memory_estimate)
+
+
+def _memory_choice(cfg: RunConfig, model_dir: Path, n_params: int, max_len: int) -> tuple[MemoryEstimate, auto.Choice | None]:
+    """The step's estimated peak memory, and gradient checkpointing decided from it when on auto
+    (on when the estimate without it exceeds HEADROOM of what the device has)."""
+    tc = cfg.train
+    trainable = memory.trainable_params(model_dir, str(tc.method), cfg.lora, n_params, cfg.model.trust_remote_code)
+    compute_bytes = 2 if tc.precision == "bf16" else 4
+    micro_tokens = int(tc.micro_batch_size or 1) * max_len * (2 if tc.objective == "dpo" else 1)
+    dims = memory.shape(model_dir)
+
+    def at(checkpointing: bool) -> MemoryEstimate:
+        return memory.estimate(n_params, trainable, str(tc.method), compute_bytes, micro_tokens, dims,
+                               checkpointing, full_logits=tc.engine == "reference")
+
+    if tc.gradient_checkpointing is not None:
+        return at(tc.gradient_checkpointing), None
+    device = pick_device()
+    has, plain = memory.device_bytes(device), at(False)
+    where = f"{device.type} has {has / 2**30:.1f} GiB" if has else "device memory unknown"
+    if has and plain.total > memory.HEADROOM * has:
+        cfg.train.gradient_checkpointing = True
+        kept = at(True)
+        return kept, auto.Choice("train.gradient_checkpointing", True, f"a step needs {plain.describe()} "
+                                 f"without it, {kept.total / 2**30:.2f} GiB with it; {where}")
+    cfg.train.gradient_checkpointing = False
+    return plain, auto.Choice("train.gradient_checkpointing", False, f"a step needs {plain.describe()}; {where}")
 
 
 def _mix_choice(sources: list[dict[str, Any]]) -> auto.Choice:

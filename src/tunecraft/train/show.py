@@ -22,7 +22,8 @@ def _fmt_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_s: float | None = None) -> None:
+def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_s: float | None = None,
+               peak_bytes: int | None = None) -> None:
     cfg, s = plan.config, plan.settings
     table = Table(title="training plan", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -41,6 +42,10 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
     if step_s is not None:
         table.add_row("estimate", f"~{_fmt_duration(step_s * plan.total_steps)} "
                       f"({step_s:.2f} s per step, measured)")
+    if plan.memory is not None:
+        checkpointing = ", gradient checkpointing" if plan.memory.checkpointing else ""
+        measured = f"; measured peak after a warm-up {peak_bytes / 2**30:.2f} GiB" if peak_bytes else ""
+        table.add_row("memory", f"estimated peak {plan.memory.describe()}{checkpointing}{measured}")
     if plan.timings:
         table.add_row("prepared", f"in {sum(plan.timings.values()):.1f} s ("
                       + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in plan.timings.items()) + ")")
@@ -52,7 +57,7 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
             console.print(f"  {choice.field} = {choice.value}  [dim]# {choice.reason}[/]", highlight=False)
 
 
-def plan_json(plan: Plan, step_s: float | None = None) -> dict[str, Any]:
+def plan_json(plan: Plan, step_s: float | None = None, peak_bytes: int | None = None) -> dict[str, Any]:
     """The plan as `train --dry-run --json` prints it (what the dashboard's New job page shows)."""
     s = plan.settings
     return {
@@ -65,6 +70,7 @@ def plan_json(plan: Plan, step_s: float | None = None) -> dict[str, Any]:
         "step_s": step_s, "estimated_s": step_s * plan.total_steps if step_s is not None else None,
         "estimate": f"~{_fmt_duration(step_s * plan.total_steps)}" if step_s is not None else None,
         "choices": [{"field": c.field, "value": c.value, "reason": c.reason} for c in plan.choices],
+        "memory": {**plan.memory.to_json(), "measured_peak": peak_bytes} if plan.memory is not None else None,
     }
 
 
