@@ -49,16 +49,15 @@ ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": 
               "ai": "assistant", "chatbot": "assistant", "developer": "system"}
 CSV_COLUMNS: dict[Format, tuple[str, ...]] = {"prompt_completion": ("prompt", "completion"),
                                               "text": ("text",)}
-MESSAGE_KEYS = ("role", "content", "weight")
+MESSAGE_KEYS = ("role", "content", "weight", "tool_calls", "tool_call_id")
 # Message keys of richer chat formats that training drops, and what dropping them means.
 IGNORED_MESSAGE_HINTS = {
-    "tool_calls": "tool calls are not supported for training: only the content trains",
-    "function_call": "function calls are not supported for training: only the content trains",
-    "tool_call_id": "tool results are not supported for training",
+    "function_call": 'the legacy "function_call" is not read: write it as "tool_calls"',
     "name": "the chat template does not render speaker names",
 }
 # Top-level keys that change what a conversation means; others (ids, metadata) are bookkeeping.
-TOOL_KEYS = ("tools", "functions", "parallel_tool_calls")
+# "tools" is read (the definitions the template renders); these two are not.
+TOOL_KEYS = ("functions", "parallel_tool_calls")
 # A NUL, or a lone UTF-16 surrogate (a JSON escape like "\ud83d" without its pair): neither is
 # text a tokenizer accepts, so they must stop at validation, not crash tokenization later.
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
@@ -189,8 +188,8 @@ def _check_role(msg: dict[str, Any], where: str, c: _Checker) -> str | None:
     hint = f"use one of {', '.join(ROLES)}"
     if isinstance(role, str) and role.lower() in ROLE_HINTS:
         hint = f'use "{ROLE_HINTS[role.lower()]}"'
-    elif role in ("tool", "function", "ipython"):
-        hint = "tool calls are not supported for training; drop these messages"
+    elif role in ("function", "ipython"):
+        hint = 'a tool result is a "tool" message (with the tool_call_id it answers)'
     c.add("bad_role", f"{where}.role is {json.dumps(role)}; {hint}")
     return None
 
@@ -267,12 +266,101 @@ def _parse_message(msg: Any, where: str, c: _Checker) -> Message | None:
               '{"role": ..., "content": ...}')
         return None
     role = _check_role(msg, where, c)
-    content = _check_content(msg, where, c)
+    calls = _check_tool_calls(msg, role, where, c)
+    calling = role == "assistant" and isinstance(msg.get("tool_calls"), list) and bool(msg["tool_calls"])
+    if calling and not msg.get("content"):  # a reply that only calls tools has no text
+        content: str | None = ""
+    else:
+        content = _check_content(msg, where, c)
     weight = _check_weight(msg, role, where, c)
-    _check_ignored(msg, where, c)
+    call_id = _check_tool_result(msg, role, where, c)
+    _check_ignored({k: v for k, v in msg.items() if not (role == "tool" and k == "name")}, where, c)
     if role is None or content is None:
         return None
-    return Message(role, content, weight)
+    name = msg.get("name") if role == "tool" and isinstance(msg.get("name"), str) else ""
+    return Message(role, content, weight, json.dumps(calls) if calls else "", call_id, name)
+
+
+def _check_tool_calls(msg: dict[str, Any], role: str | None, where: str, c: _Checker) -> list[dict[str, Any]]:
+    """An assistant's `tool_calls`, validated and normalized: arguments as an object (how chat
+    templates render them; OpenAI's files carry them as a JSON string)."""
+    if "tool_calls" not in msg or msg["tool_calls"] in (None, []):
+        return []
+    raw = msg["tool_calls"]
+    if role != "assistant":
+        c.add("invalid_tool_call", f'{where} is a "{role}" message; only assistant messages make tool calls')
+        return []
+    if not isinstance(raw, list):
+        c.add("invalid_tool_call", f"{where}.tool_calls must be an array of calls, got {json_type(raw)}")
+        return []
+    calls = []
+    for i, call in enumerate(raw):
+        here = f"{where}.tool_calls[{i}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            c.add("invalid_tool_call", f'{here} needs "function": {{"name": "...", "arguments": "{{...}}"}}')
+            continue
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                c.add("invalid_tool_call", f"{here}.function.arguments is not valid JSON ({exc.msg} at "
+                      f"character {exc.pos + 1}); write the arguments as a JSON object")
+                continue
+        if not isinstance(arguments, dict):
+            c.add("invalid_tool_call", f"{here}.function.arguments must be a JSON object, got {json_type(arguments)}")
+            continue
+        entry: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        calls.append(entry)
+    return calls
+
+
+def _check_tool_result(msg: dict[str, Any], role: str | None, where: str, c: _Checker) -> str:
+    """A "tool" message's `tool_call_id` (optional: single-call templates do without it)."""
+    if "tool_call_id" not in msg:
+        return ""
+    value = msg["tool_call_id"]
+    if role != "tool":
+        c.add("invalid_tool_call", f'{where} is a "{role}" message; only "tool" messages answer a tool call '
+              "(tool_call_id): remove it")
+        return ""
+    if not isinstance(value, str):
+        c.add("invalid_tool_call", f"{where}.tool_call_id must be a string, got {json_type(value)}")
+        return ""
+    return value
+
+
+def _parse_tools(obj: dict[str, Any], c: _Checker) -> str:
+    """The conversation's tool definitions (OpenAI's "tools") as JSON text, validated."""
+    tools = obj.get("tools")
+    if tools in (None, []):
+        return ""
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+            for t in tools):
+        c.add("invalid_tool_call", '"tools" must be an array of {"type": "function", "function": {"name", '
+              '"description", "parameters"}} definitions')
+        return ""
+    return json.dumps(tools)
+
+
+def _tool_order_issues(messages: list[Message | None], c: _Checker) -> None:
+    """A tool result answers a call: it must follow an assistant message that made one."""
+    calling = False
+    for i, m in enumerate(messages):
+        if m is None:
+            continue
+        if m.role == "tool" and not calling:
+            c.add("invalid_tool_call", f"messages[{i}] is a tool result, but no assistant tool call comes "
+                  "before it; put the assistant message with its tool_calls first")
+            return
+        if m.role == "assistant":
+            calling = bool(m.tool_calls)
+        elif m.role != "tool":
+            calling = False
 
 
 def _parse_chat(obj: dict[str, Any], c: _Checker) -> Example | None:
@@ -285,11 +373,14 @@ def _parse_chat(obj: dict[str, Any], c: _Checker) -> Example | None:
         c.add("empty_field", '"messages" is empty; add at least a user and an assistant message')
         return None
     messages = [_parse_message(m, f"messages[{i}]", c) for i, m in enumerate(raw)]
+    tools = _parse_tools(obj, c)
+    if c.ok:  # a broken call already said what is wrong with this conversation
+        _tool_order_issues(messages, c)
     tool_keys = [key for key in TOOL_KEYS if key in obj]
     if tool_keys:
-        c.add("ignored_field", f"{', '.join(json.dumps(k) for k in tool_keys)} ignored: tool "
-              "definitions are not rendered into the training text; remove them, or describe "
-              "the tools in a system message", "warning")
+        c.add("ignored_field", f"{', '.join(json.dumps(k) for k in tool_keys)} ignored: the legacy "
+              '"functions" is not read (write the definitions as "tools"), and call parallelism '
+              "is what the calls themselves show", "warning")
     roles = [m["role"] for m in raw if isinstance(m, dict) and "role" in m]
     if "assistant" not in roles:
         c.add("no_assistant", "the conversation has no assistant message; add the reply the "
@@ -300,7 +391,7 @@ def _parse_chat(obj: dict[str, Any], c: _Checker) -> Example | None:
     if all(m.weight == 0 for m in valid if m.role == "assistant"):
         c.add("no_loss", 'every assistant message has "weight": 0, so this example teaches '
               "nothing; set weight 1 on the replies to learn", "warning")
-    return Example("chat", c.path, c.line, messages=valid)
+    return Example("chat", c.path, c.line, messages=valid, tools=tools)
 
 
 def _message_list(value: Any, where: str, c: _Checker) -> list[Message] | None:

@@ -11,6 +11,8 @@ is generated token by token after it. Raw text bears loss everywhere.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,7 +109,7 @@ def to_messages(example: Example, system_prompt: str | None = None) -> list[dict
     if example.format == "preference":
         return to_messages(preference_sides(example)[0], system_prompt)
     if example.format == "chat":
-        msgs = [{"role": m.role, "content": m.content, "weight": m.weight} for m in example.messages]
+        msgs = [_message_dict(m) for m in example.messages]
     elif example.format == "prompt_completion":
         msgs = [
             {"role": "user", "content": example.prompt, "weight": 1},
@@ -126,9 +128,45 @@ def to_messages(example: Example, system_prompt: str | None = None) -> list[dict
     return msgs
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], gen_prompt: bool) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen_prompt)
+_TOOL_FIELDS = ("tool_calls", "tool_call_id", "name")
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    """A message as chat templates take it: tool calls as objects, a tool result's call id and name."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content, "weight": m.weight}
+    if m.tool_calls:
+        out["tool_calls"] = m.calls()
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name:
+        out["name"] = m.name
+    return out
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], gen_prompt: bool,
+            tools: list[dict[str, Any]] | None = None) -> str:
+    plain = [{k: m[k] for k in ("role", "content", *_TOOL_FIELDS) if k in m} for m in messages]
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen_prompt, **extra)
+
+
+def _check_tools_render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                        where: str) -> None:
+    """A template that drops tool calls or definitions would train the model on turns without
+    them: refuse, naming what is missing."""
+    calls = [c["function"]["name"] for m in messages for c in m.get("tool_calls", [])]
+    if not calls and not tools:
+        return
+    text = _render(tokenizer, messages, gen_prompt=False, tools=tools)
+    missing = [n for n in calls if n not in text]
+    if tools and not any(t["function"]["name"] in text for t in tools):
+        missing.append("the tool definitions")
+    if missing:
+        raise DataError(
+            f"{where}: the model's chat template does not render tool calling ({', '.join(dict.fromkeys(missing))} "
+            "missing from the rendered text), so the calls cannot train; use a model whose template "
+            "supports tools (Llama 3.1+, Qwen2.5, Mistral), or write the calls into the content"
+        )
 
 
 def _split_at_end_token(text: str, end_token: str | None) -> tuple[str, str]:
@@ -144,17 +182,20 @@ def _split_at_end_token(text: str, end_token: str | None) -> tuple[str, str]:
 
 
 def chat_segments(
-    tokenizer: Any, messages: list[dict[str, Any]], where: str = ""
+    tokenizer: Any, messages: list[dict[str, Any]], where: str = "", tools: list[dict[str, Any]] | None = None
 ) -> list[tuple[str, bool]]:
-    """(text, bears_loss) segments whose concatenation is the rendered conversation."""
+    """(text, bears_loss) segments whose concatenation is the rendered conversation. An
+    assistant turn's segment is everything the template writes for it after the generation
+    prompt: its text, its tool calls, its end-of-turn token; tool results bear no loss."""
+    _check_tools_render(tokenizer, messages, tools, where)
     end_token = tokenizer.eos_token
     segments: list[tuple[str, bool]] = []
     done = ""  # rendered text covered by segments so far
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:i], gen_prompt=True)
-        full = _render(tokenizer, messages[: i + 1], gen_prompt=False)
+        prompt = _render(tokenizer, messages[:i], gen_prompt=True, tools=tools)
+        full = _render(tokenizer, messages[: i + 1], gen_prompt=False, tools=tools)
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise DataError(
                 f"{where}: the chat template does not render conversations prefix-stably "
@@ -167,7 +208,7 @@ def chat_segments(
         if tail:
             segments.append((tail, False))
         done = full
-    rest = _render(tokenizer, messages, gen_prompt=False)
+    rest = _render(tokenizer, messages, gen_prompt=False, tools=tools)
     if rest.startswith(done) and len(rest) > len(done):
         segments.append((rest[len(done) :], False))
     return [(text, loss) for text, loss in segments if text]
@@ -188,8 +229,9 @@ def raw_segments(tokenizer: Any, example: Example) -> list[tuple[str, bool]]:
     segments: list[tuple[str, bool]] = []
     for m in example.messages:
         if m.role == "assistant":
+            calls = ("\n" if m.content else "") + m.tool_calls if m.tool_calls else ""
             segments.append(("assistant: ", False))
-            segments.append((m.content + eos, m.weight != 0))
+            segments.append((m.content + calls + eos, m.weight != 0))
             segments.append(("\n", False))
         else:
             segments.append((f"{m.role}: {m.content}\n", False))
@@ -203,7 +245,8 @@ def segments_for(
     if example.format == "text":
         return raw_segments(tokenizer, example)
     if use_chat(tokenizer, mode):
-        return chat_segments(tokenizer, to_messages(example, system_prompt), where)
+        tools = json.loads(example.tools) if example.tools else None
+        return chat_segments(tokenizer, to_messages(example, system_prompt), where, tools)
     return raw_segments(tokenizer, example)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Format = Literal["chat", "prompt_completion", "instruction", "text", "preference"]
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,16 @@ class Message:
     role: str  # one of ROLES
     content: str
     weight: int = 1  # assistant turns only: 0 excludes the turn from the loss
+    # Tool calling, kept as JSON text so a message stays hashable: an assistant's calls (OpenAI's
+    # list of {"id", "type": "function", "function": {"name", "arguments"}}), or for a "tool"
+    # message the id of the call it answers and the function's name.
+    tool_calls: str = ""
+    tool_call_id: str = ""
+    name: str = ""
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The tool calls as a chat template expects them (arguments as an object)."""
+        return json.loads(self.tool_calls) if self.tool_calls else []
 
 
 @dataclass(frozen=True)
@@ -38,12 +49,13 @@ class Example:
     # `rejected` the two answers (assistant messages), the first one preferred.
     chosen: tuple[Message, ...] = ()
     rejected: tuple[Message, ...] = ()
+    tools: str = ""  # chat: the tool definitions (OpenAI's "tools" list) as JSON text, "" for none
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def key_text(self) -> str:
         """The example's content as one string (for duplicate and leakage checks)."""
         if self.format == "chat":
-            return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+            return "\n".join(f"{m.role}: {m.content}{m.tool_calls}" for m in self.messages)
         if self.format == "prompt_completion":
             return f"{self.prompt}\n{self.completion}"
         if self.format == "instruction":

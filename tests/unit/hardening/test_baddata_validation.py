@@ -1,7 +1,7 @@
 """Hostile data files: every problem is a `PATH:LINE` issue, never a crash or a silent change.
 
 Lone surrogates, NUL characters, duplicate JSON keys and CSV headers, ignored keys such as
-`tool_calls`, UTF-16 without a byte-order mark, and lines or files past the stated size limits.
+legacy `function_call`, UTF-16 without a byte-order mark, and lines or files past the stated size limits.
 """
 
 from __future__ import annotations
@@ -88,15 +88,16 @@ def test_nul_escape_in_jsonl_is_an_error(tmp_path: Path) -> None:
 def test_ignored_message_keys_are_warned_about(tmp_path: Path) -> None:
     row = {"messages": [
         {"role": "user", "content": "weather?", "name": "alice"},
-        {"role": "assistant", "content": "calling", "tool_calls": [{"id": "1"}]},
-    ], "tools": [{"type": "function"}], "id": 7}
+        {"role": "assistant", "content": "calling", "function_call": {"name": "weather"}},
+    ], "functions": [{"name": "weather"}], "id": 7}
     path = _jsonl(tmp_path / "t.jsonl", [json.dumps(row)])
     parsed = parse_file(path)
     assert [(i.line, i.code, i.severity) for i in parsed.issues] == [
         (1, "ignored_field", "warning")] * 3
     text = " ".join(i.message for i in parsed.issues)
     assert "messages[0]" in text and '"name"' in text
-    assert "messages[1]" in text and '"tool_calls"' in text and '"tools"' in text
+    assert "messages[1]" in text and '"function_call"' in text and '"tool_calls"' in text  # says what to write
+    assert '"functions"' in text and '"tools"' in text
     assert '"id"' not in text  # bookkeeping keys next to the data are normal, not noise
     assert len(load_examples(path)) == 1  # a warning: the example still trains
 
