@@ -150,7 +150,7 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], gen_prompt: bool,
     return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen_prompt, **extra)
 
 
-def _check_tools_render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+def check_tools_render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                         where: str) -> None:
     """A template that drops tool calls or definitions would train the model on turns without
     them: refuse, naming what is missing."""
@@ -187,7 +187,7 @@ def chat_segments(
     """(text, bears_loss) segments whose concatenation is the rendered conversation. An
     assistant turn's segment is everything the template writes for it after the generation
     prompt: its text, its tool calls, its end-of-turn token; tool results bear no loss."""
-    _check_tools_render(tokenizer, messages, tools, where)
+    check_tools_render(tokenizer, messages, tools, where)
     end_token = tokenizer.eos_token
     segments: list[tuple[str, bool]] = []
     done = ""  # rendered text covered by segments so far
@@ -319,11 +319,15 @@ def tokenize_sequences(
 
 
 def prompt_ids(
-    tokenizer: Any, messages: list[dict[str, Any]], mode: TemplateMode = "auto"
+    tokenizer: Any, messages: list[dict[str, Any]], mode: TemplateMode = "auto",
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """Token ids of a generation prompt, tokenized exactly as training tokenized prompts."""
+    """Token ids of a generation prompt, tokenized exactly as training tokenized prompts
+    (`tools`: definitions the template renders; refused where it would drop them)."""
     if use_chat(tokenizer, mode):
-        text = _render(tokenizer, messages, gen_prompt=True)
+        if tools:
+            check_tools_render(tokenizer, messages, tools, "tools")
+        text = _render(tokenizer, messages, gen_prompt=True, tools=tools)
     else:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
     ids, _, _ = tokenize_segments(tokenizer, [(text, False)])

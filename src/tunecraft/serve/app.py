@@ -39,6 +39,7 @@ from tunecraft.serve.engine import (
 from tunecraft.serve.guards import APIKeyMiddleware, BodyLimitMiddleware, LoopbackHostMiddleware
 from tunecraft.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
 from tunecraft.serve.scheduler import Job, QueueFullError, Scheduler, WorkerDeadError
+from tunecraft.serve.tools import ToolRequestError, message_dict, parse_tool_calls, tools_for
 
 log = logging.getLogger("tunecraft.serve")
 
@@ -220,16 +221,24 @@ def _engine_error(exc: Exception) -> APIError:
 
 def _chat_job(models: dict[str, LoadedModel], body: ChatCompletionRequest, settings: ServeSettings, channel: _Channel) -> Job:
     lm = _lookup(models, body.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
-        ids = lm.chat_prompt(messages)
+        offered = tools_for(body.tools, body.tool_choice)
+        messages = [message_dict("system" if m.role == "developer" else m.role, m.text(), m.tool_calls,
+                                 m.tool_call_id, m.name) for m in body.messages]
+    except ToolRequestError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+    if offered and body.stream:
+        raise APIError(400, "stream with tools is not served: the calls are parsed from the whole answer; "
+                       "send stream=false", param="stream")
+    try:
+        ids = lm.chat_prompt(messages, offered)
     except TunecraftError as exc:
-        raise APIError(400, str(exc), param="messages") from None
+        raise APIError(400, str(exc), param="tools" if offered and "tool calling" in str(exc) else "messages") from None
     default = min(settings.default_max_tokens, settings.max_tokens_limit)
     max_tokens = _budget(lm, len(ids), body.requested_max_tokens(), default, "messages")
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stop_list(), body.ignore_eos,
                             body.logprobs_k())
-    classify = lm.labels is not None and body.label_constraint
+    classify = lm.labels is not None and body.label_constraint and not offered  # a call is no label
     return Job(lm, ids, params, channel.emit, classify=classify, reject=body.label_reject)
 
 
@@ -306,9 +315,16 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
         job.cancel.set()
     n_out = len(out.token_ids or [])
     lm = _lookup(state.models, body.model)
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": out.text},
+    message: dict[str, Any] = {"role": "assistant", "content": out.text}
+    finish = out.finish_reason
+    offered = tools_for(body.tools, body.tool_choice)
+    if offered:
+        content, calls = parse_tool_calls(out.text, {t["function"]["name"] for t in offered})
+        if calls:
+            message, finish = {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+    choice: dict[str, Any] = {"index": 0, "message": message,
                               "logprobs": _chat_logprobs(lm, out) if body.logprobs else None,
-                              "finish_reason": out.finish_reason}
+                              "finish_reason": finish}
     if out.label is not None:
         choice["label"] = out.label.to_json()
     return {

@@ -121,12 +121,14 @@ class LoadedModel:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.eos_token_ids[0])
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Prompt ids for a conversation, rendered and tokenized exactly as in training."""
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt ids for a conversation (tool calls and results, and `tools`, included),
+        rendered and tokenized exactly as in training."""
+        keep = ("role", "content", "tool_calls", "tool_call_id", "name")
+        msgs = [{k: m[k] for k in keep if m.get(k) is not None} for m in messages]
         if self.system_prompt and (not msgs or msgs[0]["role"] != "system"):
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
-        return prompt_ids(self.tokenizer, msgs, self.template)
+        return prompt_ids(self.tokenizer, msgs, self.template, tools)
 
     def text_prompt(self, text: str) -> list[int]:
         """Ids for a raw text prompt, tokenized as training tokenized raw segments."""

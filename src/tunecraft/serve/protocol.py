@@ -47,15 +47,18 @@ class ContentPart(_Body):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[ContentPart] | None = ""
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text or "" for p in self.content if p.type == "text")
+        return "\n".join(p.text or "" for p in self.content if p.type == "text")  # as training joins them
 
 
 class _Sampling(_Body):
@@ -87,6 +90,11 @@ class ChatCompletionRequest(_Sampling):
     # reject threshold (the model's own most probable label).
     label_constraint: bool = True
     label_reject: bool = True
+    # Tool calling for models whose chat template renders tools: "auto" (the default when tools
+    # are given) lets the model call one; "none" renders no tools. Forcing a call ("required", or
+    # one named function) needs constrained decoding of the call and is refused, not faked.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none"] | dict[str, Any] | str | None = None
 
     def logprobs_k(self) -> int | None:
         """Top alternatives per token for SamplingParams (None: no log-probs asked)."""
