@@ -55,7 +55,7 @@ def _args(model: Path, data: tuple[Path, Path], out: Path, method: str, sharding
         "train", "--model", str(model), "--data", str(data[0]), "--val", str(data[1]), "--out", str(out),
         "--method", method, "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--sharding", sharding,
         "train.deterministic=true", "train.micro_batch_size=2", "train.eval_every=5", "train.save_every=1",
-        "train.patience=null", "train.threads=1", "lora.r=4",
+        "train.patience=null", "train.threads=1", "lora.r=4", "lora.alpha=32",
     ]
 
 

@@ -37,9 +37,9 @@ def _train_caller(base: Path, root: Path) -> Path:
     data = root / "calls.jsonl"
     data.write_text((json.dumps(row) + "\n") * 8, encoding="utf-8")
     cfg = build_config(values={"model.name": str(base), "data.train": str(data), "data.val": str(data),
-                               "train.out": str(root / "run"), "train.method": "full", "train.lr": 3e-3,
-                               "train.epochs": 150, "train.batch_size": 8, "train.precision": "fp32",
-                               "train.patience": None, "train.eval_every": 150, "train.warmup_ratio": 0.0})
+                               "train.out": str(root / "run"), "train.method": "full", "train.lr": 1e-2,
+                               "train.epochs": 300, "train.batch_size": 8, "train.precision": "fp32",
+                               "train.patience": None, "train.eval_every": 300, "train.warmup_ratio": 0.0})
     assert train_config(cfg).status == "finished"
     return root / "run"
 
@@ -85,7 +85,7 @@ def test_unservable_tool_requests_are_400s(server: LoopbackServer, client: opena
 def test_a_trained_model_answers_with_a_parsed_tool_call(server: LoopbackServer, client: openai.OpenAI) -> None:
     """Trained on tool-calling data, the model writes the call; the API returns it as tool_calls."""
     out = client.chat.completions.create(model=server.names[2], messages=HISTORY[:1], tools=TOOLS,
-                                         max_tokens=40, temperature=0)
+                                         max_tokens=150, temperature=0)
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     (call,) = choice.message.tool_calls

@@ -99,7 +99,7 @@ def test_all_auto_plan_resolves_everything_once_with_reasons(make_cfg) -> None:
     assert len(chosen) == len(set(chosen))  # each decided once
     assert {"train.method", "train.lr", "train.epochs", "train.batch_size", "train.micro_batch_size",
             "data.max_length", "train.compile", "train.precision", "train.threads",
-            "train.eval_every", "train.save_every", "train.eval_examples"} == set(chosen)
+            "train.eval_every", "train.save_every", "train.eval_examples", "train.gradient_checkpointing"} == set(chosen)
     assert all(c.reason for c in plan.choices)
     # config.yaml records the same decisions, with nothing left on auto.
     resolved = plan.config

@@ -121,7 +121,7 @@ def test_lora_reference_in_the_step_equals_cached(tiny_model_dir: Path, pair_fil
     """LoRA's reference is the base with adapters disabled: scored in the step (no cache) or
     cached before training, the loss and gradients are the same, and the written-out DPO's."""
     plan, rt = build(_cfg(tiny_model_dir, pair_files, tmp_path / "run", **{"train.engine": engine,
-                                                                           "train.method": "lora", "lora.r": 4}))
+                                                                           "train.method": "lora", "lora.r": 4, "lora.alpha": 32}))
     model, _ = build_model(plan, rt)
     cached = dpo.with_reference(plan, rt, model)
     _nudge(model, only="lora_B")  # a non-trivial adapter: policy differs from the reference
@@ -210,7 +210,7 @@ def test_dropout_is_off_in_dpo_so_the_untrained_policy_scores_like_its_reference
 
 def test_disable_dropout_leaves_the_asked_for_lora_dropout(tiny_model_dir: Path, pair_files, tmp_path: Path) -> None:
     model_dir = _with_dropout(tiny_model_dir, tmp_path / "model", 0.3)
-    plan, rt = build(_cfg(model_dir, pair_files, tmp_path / "run", **{"train.method": "lora", "lora.r": 4,
+    plan, rt = build(_cfg(model_dir, pair_files, tmp_path / "run", **{"train.method": "lora", "lora.r": 4, "lora.alpha": 32,
                                                                       "lora.dropout": 0.2}))
     model, _ = build_model(plan, rt)
     assert dpo.disable_dropout(model) > 0

@@ -98,7 +98,7 @@ def test_nan_mid_run_ends_run_as_failed(make_cfg, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("variant", ["lora", "rslora", "dora"])
 def test_lora_merged_equals_unmerged(make_cfg, variant: str) -> None:
     extra = {"lora.use_rslora": True} if variant == "rslora" else {"lora.use_dora": True} if variant == "dora" else {}
-    plan, rt = build(make_cfg(**{"train.method": "lora", "lora.r": 4, **extra}))
+    plan, rt = build(make_cfg(**{"train.method": "lora", "lora.r": 4, "lora.alpha": 32.0, **extra}))
     model, _ = build_model(plan, rt)
     layer = next(m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
     alpha, r = plan.config.lora.alpha, plan.config.lora.r
