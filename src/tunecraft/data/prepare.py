@@ -66,6 +66,14 @@ def tokenize_file(
     return cached
 
 
+def _val_file(path: Path, examples: list[Example] | None, tokenizer: Any, max_length: int | None,
+              mode: TemplateMode, system_prompt: str | None) -> tuple[list[TokenizedExample], list[Example], str]:
+    """A validation file's tokenized examples, its examples and its SHA-256."""
+    examples = examples if examples is not None else read_examples(path)
+    digest = cache.file_digest(path)
+    return tokenize_file(path, examples, tokenizer, max_length, mode, system_prompt, digest), examples, digest
+
+
 def prepare(
     train_path: Path,
     val_path: Path | None,
@@ -84,10 +92,7 @@ def prepare(
     train_tok = tokenize_file(train_path, train_ex, tokenizer, max_length, mode, system_prompt,
                               digests["train"])
     if val_path is not None:
-        val_ex = val_examples if val_examples is not None else read_examples(val_path)
-        digests["val"] = cache.file_digest(val_path)
-        val_tok = tokenize_file(val_path, val_ex, tokenizer, max_length, mode, system_prompt,
-                                digests["val"])
+        val_tok, val_ex, digests["val"] = _val_file(val_path, val_examples, tokenizer, max_length, mode, system_prompt)
         split_file = {"kind": "file", "val": str(val_path)}
         return PreparedData(train_tok, val_tok, train_ex, val_ex, split_file, digests)
     train_idx, val_idx = split_indices([e.key_text() for e in train_ex], val_fraction, seed)
@@ -196,10 +201,8 @@ def prepare_sources(
                           "val_lines": [part.examples[i].line for i in part.val]})
     data.split = {"kind": "split", "seed": seed, "fraction": val_fraction, "sources": described}
     if val_path is not None:
-        ex = val_examples if val_examples is not None else read_examples(val_path)
-        data.digests["val"] = cache.file_digest(val_path)
-        data.val = tokenize_file(val_path, ex, tokenizer, max_length, mode, system_prompt, data.digests["val"])
-        data.val_examples = ex
+        data.val, data.val_examples, data.digests["val"] = _val_file(val_path, val_examples, tokenizer, max_length,
+                                                                     mode, system_prompt)
         data.split = {"kind": "file", "val": str(val_path), "sources": described}
     return data
 

@@ -219,7 +219,9 @@ def _engine_error(exc: Exception) -> APIError:
 # ----------------------------------------------------------------------------- chat
 
 
-def _chat_job(models: dict[str, LoadedModel], body: ChatCompletionRequest, settings: ServeSettings, channel: _Channel) -> Job:
+def _chat_job(models: dict[str, LoadedModel], body: ChatCompletionRequest, settings: ServeSettings,
+              channel: _Channel) -> tuple[Job, list[dict[str, Any]] | None]:
+    """The generation job of a chat request, and the tool definitions it offered (None: no tools)."""
     lm = _lookup(models, body.model)
     try:
         offered = tools_for(body.tools, body.tool_choice)
@@ -239,7 +241,7 @@ def _chat_job(models: dict[str, LoadedModel], body: ChatCompletionRequest, setti
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stop_list(), body.ignore_eos,
                             body.logprobs_k())
     classify = lm.labels is not None and body.label_constraint and not offered  # a call is no label
-    return Job(lm, ids, params, channel.emit, classify=classify, reject=body.label_reject)
+    return Job(lm, ids, params, channel.emit, classify=classify, reject=body.label_reject), offered
 
 
 def _chat_logprobs(lm: LoadedModel, out: _Collected) -> dict[str, Any]:
@@ -302,7 +304,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     _check_max_tokens(_lookup(state.models, body.model), body.requested_max_tokens(), settings, param)
     channel = _Channel()
     # Rendering and tokenizing up to max_body_bytes of text takes a while: not on the event loop.
-    job = await run_in_threadpool(_chat_job, state.models, body, settings, channel)
+    job, offered = await run_in_threadpool(_chat_job, state.models, body, settings, channel)
     _submit(state.scheduler, [job])
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -317,7 +319,6 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     lm = _lookup(state.models, body.model)
     message: dict[str, Any] = {"role": "assistant", "content": out.text}
     finish = out.finish_reason
-    offered = tools_for(body.tools, body.tool_choice)
     if offered:
         content, calls = parse_tool_calls(out.text, {t["function"]["name"] for t in offered})
         if calls:
