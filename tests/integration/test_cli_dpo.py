@@ -151,4 +151,6 @@ def test_two_processes_dpo_like_one(tiny_model_dir: Path, tmp_path: Path, pairs,
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
     a = load_file(str(complete_checkpoints(one)[-1] / "trainable.safetensors"))
     b = load_file(str(complete_checkpoints(two)[-1] / "trainable.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    # AdamW moves each weight by ~lr (3e-3) a step whatever the gradient's size, so float noise
+    # between the layouts shows at ~1e-5 (2e-5 seen on an AVX-512 EPYC): under 1% of one step.
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4

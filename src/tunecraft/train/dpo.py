@@ -45,6 +45,10 @@ from tunecraft.durable import atomic_write
 from tunecraft.train.loss import compute_loss, target_logps
 
 # Order of the detached per-step statistics summed over micro-batches and ranks.
+# A margin this small is float noise between two computations of the same log-probs (the
+# policy's forward and the cached reference, batched differently per process count): a tie,
+# not a win. Before the first update every margin is such noise.
+TIE_MARGIN = 1e-5
 STATS = ("correct", "margin", "reward_chosen", "reward_rejected", "logp_chosen", "logp_rejected")
 
 
@@ -104,7 +108,7 @@ def pair_loss(model: Any, pb: PairBatch | Batch, engine: str, with_accuracy: boo
     nll_sum = -policy[:, 0].sum()
     with torch.no_grad():
         d = policy.detach()
-        stats = torch.stack([(margin > 0).float().sum(), margin.sum(), rewards[:, 0].sum(),
+        stats = torch.stack([(margin > TIE_MARGIN).float().sum(), margin.sum(), rewards[:, 0].sum(),
                              rewards[:, 1].sum(), d[:, 0].sum(), d[:, 1].sum()]).detach().cpu()
     return PairOut(dpo_sum, nll_sum, stats, per_pair.detach().float().cpu())
 
