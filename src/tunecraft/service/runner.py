@@ -267,7 +267,7 @@ class Runner:
         rows, child.events_offset = _new_rows(run / rundir.EVENTS, child.events_offset)
         for offset, row in rows:
             kind = row.get("event", "event")
-            if kind == "started" and row.get("total_steps"):
+            if kind in ("started", "segment", "refit") and row.get("total_steps"):  # the schedule's length
                 child.total_steps = int(row["total_steps"])
             level = "error" if kind == "failed" else "info"
             # events.jsonl only grows: a line's byte offset names it across server restarts.

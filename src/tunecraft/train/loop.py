@@ -32,16 +32,17 @@ from tunecraft.durable import DiskFullError, disk_full
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import parameter_counts, unwrap
 from tunecraft.models.load import load_model
-from tunecraft.train import attention, dpo, linear
+from tunecraft.train import attention, dpo, linear, schedule
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.deliver import save_deliverable
 from tunecraft.train.lora import apply_lora
 from tunecraft.train.loss import densify_grads
-from tunecraft.train.optim import build_optimizer, lr_factor, set_lr
-from tunecraft.train.plan import WRITE_BYTES_PER_S, Plan, checkpoint_bytes, TrainSettings, Warmup, fit_budget, make_plan
+from tunecraft.train.optim import build_optimizer, set_lr
+from tunecraft.train.plan import Plan, TrainSettings, Warmup, checkpoint_bytes, fit_budget, make_plan
 from tunecraft.train.progress import Progress
 from tunecraft.train.runtime import Runtime, seed_everything, setup_runtime
+from tunecraft.train.schedule import Budget, Projection
 
 
 class TrainingFailed(TunecraftError):
@@ -71,9 +72,10 @@ class _State:
     elapsed_s: float = 0.0
     eval_s: float = 0.0  # of elapsed_s: validation passes
     checkpoint_s: float = 0.0  # of elapsed_s: checkpoints and model/ writes
-    # The LR schedule's segments, [first step, end step): one, unless the run was extended
-    # (--resume --epochs N after it ended), which starts a new warmup and decay.
-    segments: list[list[int]] = field(default_factory=list)
+    # The LR schedule's segments (see train.schedule): one, unless the run was extended
+    # (--resume --epochs N after it ended: a new warmup and decay) or its time budget refitted
+    # the decay's end.
+    segments: list[list[float]] = field(default_factory=list)
 
 
 class _StopSignal:
@@ -156,7 +158,7 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     if kernels is not None:
         log.event("kernels", f"linear layers: {kernels.reason}", onednn=kernels.onednn)
     progress = Progress(plan.total_steps, st.step, enabled=rt.is_main and console is not None, console=console)
-    budget = _Budget.of(plan, sum(startup.values()), trainable)
+    budget = Budget.of(plan, sum(startup.values()), trainable)
     saver = _Saver(plan, rt, log)
     full = None
     try:
@@ -337,11 +339,19 @@ def _restore(plan: Plan, rt: Runtime, model: Any, optimizer: torch.optim.Optimiz
 
 def _extend_schedule(plan: Plan, st: _State, log: rundir.RunLog) -> None:
     """Record the schedule's segments: one for a new run; a new one when a resumed run was asked
-    for a different length (`--resume --epochs N`): warmup and decay again over the new steps."""
+    for a different length (`--resume --epochs N`): warmup and decay again over the new steps.
+    A shorter length (a refit that config.yaml recorded after the last checkpoint, or
+    `--resume --max-steps N` below the plan) ends the decay sooner instead, continuously."""
     if not st.segments:  # a new run, or a checkpoint from before segments were recorded
         st.segments = [[0, plan.total_steps]]
-    end = st.segments[-1][1]
+    end = int(st.segments[-1][1])
     if end == plan.total_steps or st.step >= plan.total_steps:
+        return
+    if plan.total_steps < end:
+        st.segments.append(schedule.refit(st.segments, st.step, plan.total_steps, plan.settings))
+        log.event("refit", f"the schedule now ends at step {plan.total_steps} instead of {end}, its decay "
+                  f"going on from step {st.step}", step=st.step, start=st.step, end=plan.total_steps, old_end=end,
+                  total_steps=plan.total_steps)
         return
     st.segments.append([st.step, plan.total_steps])
     epochs = plan.total_steps / steps_per_epoch(len(plan.train), plan.settings.batch_size)
@@ -350,15 +360,24 @@ def _extend_schedule(plan: Plan, st: _State, log: rundir.RunLog) -> None:
         f"extended from step {st.step} to {plan.total_steps} ({epochs:g} epochs in all): a new "
         f"{plan.settings.schedule} schedule with {plan.settings.warmup_ratio:.0%} warmup over the "
         f"{plan.total_steps - st.step} new steps (the run had {end} planned)",
-        step=st.step, start=st.step, end=plan.total_steps,
+        step=st.step, start=st.step, end=plan.total_steps, total_steps=plan.total_steps,
     )
 
 
-def _schedule_factor(segments: list[list[int]], step: int, s: TrainSettings) -> float:
-    """The LR multiplier of `step` within its schedule segment."""
-    start, end = next(((a, b) for a, b in reversed(segments) if a <= step), (0, step + 1))
-    warmup = int(round(s.warmup_ratio * (end - start)))
-    return lr_factor(step - start, end - start, warmup, s.schedule)
+def _refit_schedule(plan: Plan, st: _State, log: rundir.RunLog, got: Projection | None, new_end: int) -> None:
+    """Move the schedule's end to `new_end` (rank 0's projection `got`; the other ranks follow
+    its vote). config.yaml records the new length, so that a resume replays the same schedule."""
+    old = int(st.segments[-1][1])
+    st.segments.append(schedule.refit(st.segments, st.step, new_end, plan.settings))
+    if not log.enabled or got is None:
+        return
+    cfg = plan.config.model_copy(deep=True)
+    cfg.train.max_steps = new_end
+    rundir.write_config(plan.run_dir, cfg)
+    log.event("refit", f"time budget: the schedule now ends at step {new_end} instead of {old}, so that "
+              f"its decay ends inside the budget (recent steps averaged {got.step_s:.2f} s; {got.left_s:.0f} s "
+              "of the budget left for steps)", step=st.step, start=st.step, end=new_end, old_end=old,
+              total_steps=new_end, step_s=round(got.step_s, 4))
 
 
 # ----------------------------------------------------------------------------- model
@@ -451,7 +470,7 @@ def _run_steps(
     stop: _StopSignal,
     progress: Progress,
     saver: _Saver,
-    budget: _Budget | None = None,
+    budget: Budget | None = None,
 ) -> tuple[str, str, ValResult | None]:
     """The optimizer steps with their evaluations and checkpoints; (status, message, the full
     validation pass at the end when evaluations used a subsample)."""
@@ -460,9 +479,12 @@ def _run_steps(
     per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
     t_start = time.time() - st.elapsed_s
     t_saved = time.time()  # the wall-clock cadence counts from this process's start
-    for step_idx in range(st.step, plan.total_steps):
+    # Where the schedule ends (a refit of the budget may move it), never past the planned steps.
+    end = min(int(st.segments[-1][1]), plan.total_steps)
+    while st.step < end:
+        step_idx = st.step
         saver.poll()  # a checkpoint written in the background: its event now, or its error
-        lr = s.lr * _schedule_factor(st.segments, step_idx, s)
+        lr = s.lr * schedule.factor(st.segments, step_idx, s)
         set_lr(optimizer, lr)
         batches = step_batches(plan, steps[step_idx], rt)
         t0 = time.time()
@@ -471,14 +493,24 @@ def _run_steps(
         dt_step = time.time() - t0
         st.step = step_idx + 1
         # Every rank's counts, one stop vote so that all ranks stop (and checkpoint) together, and
-        # rank 0's clock for the checkpoint cadence (clocks differ a little between ranks).
+        # rank 0's clock for the checkpoint cadence and the budget (clocks differ a little between ranks).
         due = s.save_every is None and rt.is_main and time.time() - t_saved >= s.save_interval_s
-        late = (budget is not None and rt.is_main and st.step < plan.total_steps
+        got = None
+        if budget is not None and rt.is_main:
+            budget.stepped(dt_step)
+            if schedule.progress(st.segments, st.step, s) is not None:  # not while it warms up
+                got = budget.refit(st.step, end, time.time() - t_start)
+        late = (budget is not None and rt.is_main and st.step < end
                 and budget.out_of_time(time.time() - t_start, dt_step))
-        n_loss, n_tok, n_run, votes, due_votes, late_votes = rt.dist.sum(
+        n_loss, n_tok, n_run, votes, due_votes, late_votes, refit_to = rt.dist.sum(
             [sum(b.n_loss for b in batches), sum(b.n_tokens for b in batches),
-             sum(b.n_computed for b in batches), stop.received is not None, due, late]
+             sum(b.n_computed for b in batches), stop.received is not None, due, late,
+             got.end if got is not None else 0]
         )
+        if refit_to > 0:  # the decay now ends where the budget does
+            end = int(refit_to)
+            _refit_schedule(plan, st, log, got, end)
+            progress.resize(end)
         stopping, out_of_time = votes > 0, late_votes > 0
         st.tokens += int(n_loss)
         st.tokens_seen += int(n_tok)
@@ -491,7 +523,7 @@ def _run_steps(
             tokens_per_s=round(n_tok / dt_step, 1), elapsed_s=round(st.elapsed_s, 3), **extra,
         )
         progress.update(st.step, loss, n_tok / dt_step)
-        last = st.step == plan.total_steps or out_of_time
+        last = st.step >= end or out_of_time
         stopped_early = False
         if st.step % s.eval_every == 0 or last:
             t0 = time.time()
@@ -522,7 +554,7 @@ def _run_steps(
             log.event("interrupted", msg, step=st.step)
             return "interrupted", msg, None
         if out_of_time:
-            msg = (f"time budget reached: stopped at step {st.step} of {plan.total_steps} with a "
+            msg = (f"time budget reached: stopped at step {st.step} of {end} with a "
                    f"checkpoint (continue with --resume); best step {st.best_step} (val loss "
                    f"{st.best_val_loss:.4f}) kept as model/")
             log.event("time_budget", msg, step=st.step)
@@ -585,39 +617,6 @@ class _Saver:
 
     def close(self) -> None:
         self.writer.close()
-
-
-class _Budget:
-    """Stops the steps before the next one would end past the time budget, leaving room for
-    the last evaluation, the full validation pass and the final checkpoint (measured as they
-    happen; estimated until then)."""
-
-    def __init__(self, limit_s: float, n_eval: int, n_val: int, state_bytes: int, batch_size: int) -> None:
-        self.limit_s = limit_s  # seconds of training (st.elapsed_s) this process may use
-        self.n_eval, self.n_val, self.batch_size = n_eval, n_val, batch_size
-        self.eval_s_per_example: float | None = None
-        self.checkpoint_s = state_bytes / WRITE_BYTES_PER_S
-
-    @classmethod
-    def of(cls, plan: Plan, startup_s: float, trainable: int) -> _Budget | None:
-        s = plan.settings
-        if s.time_budget_s is None:
-            return None
-        n_full = len(plan.val) - len(plan.eval_indices)  # the final pass adds what the subsample left out
-        return cls(s.time_budget_s - startup_s, len(plan.eval_indices), n_full, checkpoint_bytes(trainable), s.batch_size)
-
-    def evaluated(self, seconds: float, examples: int) -> None:
-        self.eval_s_per_example = seconds / max(1, examples)
-
-    def checkpointed(self, seconds: float) -> None:
-        self.checkpoint_s = seconds
-
-    def out_of_time(self, elapsed_s: float, step_s: float) -> bool:
-        per_example = self.eval_s_per_example
-        if per_example is None:  # no evaluation yet: a forward is ~1/3 of a training step
-            per_example = step_s / self.batch_size / 3
-        tail = per_example * (self.n_eval + self.n_val) + self.checkpoint_s
-        return elapsed_s + step_s + tail > self.limit_s
 
 
 def train_step(
@@ -830,7 +829,7 @@ def _summary(plan: Plan, st: _State, status: str, message: str = "") -> dict[str
         "train_tokens": plan.train_tokens,
         "train_loss_tokens": plan.train_loss_tokens,
         "steps": st.step,
-        "total_steps": plan.total_steps,
+        "total_steps": int(st.segments[-1][1]) if st.segments else plan.total_steps,
         "wall_s": round(st.elapsed_s, 2),
         "tokens_per_s": round(st.tokens_seen / st.elapsed_s, 1) if st.elapsed_s else None,
         "best_step": st.best_step,

@@ -33,10 +33,24 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
         return (step + 1) / warmup
     if schedule == "constant" or total <= warmup:
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return decay_factor((step - warmup) / max(1, total - warmup), schedule)
+
+
+def decay_factor(progress: float, schedule: str) -> float:
+    """The schedule's multiplier after warmup, at `progress` (0: the peak, 1: the end of the decay)."""
+    progress = min(1.0, max(0.0, progress))
+    if schedule == "constant":
+        return 1.0
     if schedule == "linear":
         return max(0.0, 1.0 - progress)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def decay_progress(step: int, total: int, warmup: int) -> float:
+    """How far into its decay `step` is (0 during warmup), the inverse of `lr_factor`'s mapping."""
+    if step < warmup or total <= warmup:
+        return 0.0
+    return min(1.0, (step - warmup) / max(1, total - warmup))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

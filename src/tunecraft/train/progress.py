@@ -38,6 +38,12 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", tps=f"{tokens_per_s:,.0f}")
 
+    def resize(self, total: int) -> None:
+        """A new step count (the time budget refitted the schedule)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
     def note(self, text: str) -> None:
         if self._bar is not None:
             self._bar.console.print(f"  {text}")
