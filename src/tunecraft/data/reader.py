@@ -69,12 +69,12 @@ def _decode_line(raw: bytes, path: str, number: int) -> tuple[Line, Issue | None
         return Line(number, raw.decode("utf-8", errors="replace"), valid=False), issue
 
 
-def _file_problem(path: Path) -> Issue | None:
+def file_problem(path: Path) -> Issue | None:
     """Problems that make the whole file unreadable (reported at line 0)."""
     if not path.exists():
         return Issue(str(path), 0, "file_not_found", "no such file; check the path")
     if not path.is_file():
-        return Issue(str(path), 0, "not_a_file", "this is a directory, not a JSONL or CSV file")
+        return Issue(str(path), 0, "not_a_file", "this is a directory, not a JSONL, CSV or Parquet file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         return Issue(str(path), 0, "file_too_large", f"the file is {size / 2**30:.1f} GiB; the "
@@ -184,7 +184,7 @@ def split_lines(data: bytes, path: str) -> ReadResult:
 
 def read_lines(path: Path) -> ReadResult:
     """Read `path` as numbered lines; missing, empty or oversized files become issues, not errors."""
-    problem = _file_problem(path)
+    problem = file_problem(path)
     if problem is not None:
         return ReadResult(issues=[problem])
     with open(path, "rb") as raw:
