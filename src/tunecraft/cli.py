@@ -227,7 +227,7 @@ def export(
     dtype: Annotated[
         Optional[str], typer.Option("--dtype", help="merged: float32, bfloat16 or float16 (default: float32).")
     ] = None,
-    gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf: f16, q8_0 or f32.")] = "f16",
+    gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf: f16, q8_0, q4_0 or f32.")] = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:

@@ -181,7 +181,36 @@ def _record(trie: LabelTrie, row: _Row, parent: int, logp: torch.Tensor, top_k: 
             row.best = max(row.best, row.cum[node])
 
 
-def _prompt_pass(module: Any, cache: Any, prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[list[_Row], torch.Tensor]:
+def sliding_window(module: Any) -> int | None:
+    """The window of a model with local (sliding-window) layers beside full ones (Gemma 2/3), else None."""
+    cfg = module.config
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ()
+    return int(window) if window and "sliding_attention" in types else None
+
+
+def new_cache(module: Any) -> Any:
+    """The KV cache the scorer packs every prompt and label node into: one full-length layer per
+    decoder layer, local layers included (their window is applied by the mask, by position,
+    since a packed row's slots are not in position order)."""
+    from transformers import DynamicCache
+
+    return DynamicCache() if sliding_window(module) else DynamicCache(config=module.config)
+
+
+def _masks(module: Any, mask: torch.Tensor, q_pos: Sequence[int], k_pos: Sequence[int],
+           device: torch.device) -> Any:
+    """The 4D boolean mask, or per layer type for a model with local layers: there a query also
+    sees only keys less than the window before it."""
+    window = sliding_window(module)
+    if window is None:
+        return mask.to(device)
+    near = (torch.tensor(q_pos).unsqueeze(1) - torch.tensor(k_pos).unsqueeze(0)) < window
+    return {"full_attention": mask.to(device), "sliding_attention": (mask & near).to(device)}
+
+
+def _prompt_pass(module: Any, cache: Any, prompts: Sequence[Sequence[int]], device: torch.device,
+                 positions: list[int]) -> tuple[list[_Row], torch.Tensor]:
     """All prompts packed into one row (each attends only to itself): no padding, and one cache
     row that every later pass extends; returns the rows and the (B, V) log-softmax after each."""
     rows, ids, pos, start = [], [], [], 0
@@ -195,13 +224,14 @@ def _prompt_pass(module: Any, cache: Any, prompts: Sequence[Sequence[int]], devi
         a, b = row.start, row.start + row.length
         mask[0, 0, a:b, a:b] = torch.ones((row.length, row.length), dtype=torch.bool).tril()
     ends = torch.tensor([row.start + row.length - 1 for row in rows], device=device)
-    out = module(input_ids=torch.tensor([ids], device=device), attention_mask=mask.to(device),
+    positions[:] = pos  # the position of every cached slot (sliding windows are by position)
+    out = module(input_ids=torch.tensor([ids], device=device), attention_mask=_masks(module, mask, pos, pos, device),
                  position_ids=torch.tensor([pos], device=device), cache=cache, use_cache=True, logits_to_keep=ends)
     return rows, torch.log_softmax(out.logits[0].float(), dim=-1)
 
 
 def _feed(module: Any, cache: Any, trie: LabelTrie, rows: list[_Row], todo: list[list[int]], kv_len: int,
-          device: torch.device, top_k: int) -> int:
+          device: torch.device, top_k: int, positions: list[int]) -> int:
     """One forward pass over every row's `todo` nodes, packed into the one cache row (tree
     attention: a node sees its row's prompt, its ancestors and itself); returns the new cache length."""
     fed = [(r, node) for r, nodes in enumerate(todo) for node in nodes]
@@ -218,8 +248,10 @@ def _feed(module: Any, cache: Any, trie: LabelTrie, rows: list[_Row], todo: list
         while up >= 0:  # an ancestor is in the cache, or earlier in this pass (a chain)
             mask[0, 0, q, row.slot[up] if up in row.slot else here[(r, up)]] = True
             up = trie.parent[up]
-    out = module(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                 cache=cache, use_cache=True)
+    q_pos = pos[0].tolist()
+    positions += q_pos
+    out = module(input_ids=ids.to(device), attention_mask=_masks(module, mask, q_pos, positions, device),
+                 position_ids=pos.to(device), cache=cache, use_cache=True)
     logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (K, V)
     for q, (r, node) in enumerate(fed):
         rows[r].slot[node] = kv_len + q
@@ -262,29 +294,27 @@ def _frontier(trie: LabelTrie, row: _Row, margin: float | None, keep: set[int]) 
 
 
 @torch.inference_mode()
-def score_labels(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie, pad_id: int,
+def score_labels(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie,
                  device: torch.device | str, margin: float | None = PRUNE_MARGIN, top_k: int = 0,
                  keep: Sequence[int] = ()) -> list[LabelScores]:
     """Every label's sequence log-prob after each prompt (a batch; see the module docstring).
 
     `keep`: label indices always scored exactly (the reject label, whose tokens may be answered).
-    `pad_id` is unused (nothing is padded: prompts and nodes are packed into one row).
+    Nothing is padded: prompts and nodes are packed into one row.
     """
-    from transformers import DynamicCache
-
     assert prompts and all(prompts)
     device = torch.device(device)
-    cache = DynamicCache(config=module.config)
-    rows, first = _prompt_pass(module, cache, prompts, device)
+    cache, positions = new_cache(module), []
+    rows, first = _prompt_pass(module, cache, prompts, device, positions)
     for r, row in enumerate(rows):
         _record(trie, row, -1, first[r], top_k)
     kept = {n for lab in keep for n in trie.path(lab)}
     kv_len = sum(row.length for row in rows)
     if margin is not None:  # a complete label first, so that pruning has a bound to prune against
         while any(todo := [_greedy_todo(trie, row) for row in rows]):
-            kv_len = _feed(module, cache, trie, rows, todo, kv_len, device, top_k)
+            kv_len = _feed(module, cache, trie, rows, todo, kv_len, device, top_k, positions)
     while any(todo := [_frontier(trie, row, margin, kept) for row in rows]):
-        kv_len = _feed(module, cache, trie, rows, todo, kv_len, device, top_k)
+        kv_len = _feed(module, cache, trie, rows, todo, kv_len, device, top_k, positions)
     return [_scores(trie, row) for row in rows]
 
 
@@ -304,7 +334,7 @@ def _scores(trie: LabelTrie, row: _Row) -> LabelScores:
     return LabelScores(logprobs, [w / total for w in weights], exact, row.tok, row.top)
 
 
-def score_batched(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie, pad_id: int,
+def score_batched(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie,
                   device: torch.device | str, batch_size: int = 8, margin: float | None = PRUNE_MARGIN,
                   top_k: int = 0, keep: Sequence[int] = ()) -> list[LabelScores]:
     """`score_labels` over many prompts, shortest first (less padding per batch), in input order."""
@@ -312,7 +342,7 @@ def score_batched(module: Any, prompts: Sequence[Sequence[int]], trie: LabelTrie
     out: list[LabelScores | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        for i, scores in zip(chunk, score_labels(module, [prompts[i] for i in chunk], trie, pad_id, device,
+        for i, scores in zip(chunk, score_labels(module, [prompts[i] for i in chunk], trie, device,
                                                  margin, top_k, keep)):
             out[i] = scores
     return [s for s in out if s is not None]

@@ -57,22 +57,41 @@ def _snap_to_q8_grid(w: torch.Tensor, step: float = 2**-8) -> torch.Tensor:
     return (q * step).reshape(w.shape)
 
 
+def _snap_to_q4_grid(w: torch.Tensor, step: float = 2**-5) -> torch.Tensor:
+    """Q4_0 stores 4-bit values -8..7 times one fp16 scale per 32-block, the scale being the
+    block's largest-magnitude value over -8: with that value at -8 steps, the scale is `step`."""
+    q = (w.reshape(-1, 32) / step).round().clamp(-8, 7)
+    rows = torch.arange(q.shape[0])
+    q[rows, q.abs().argmax(dim=1)] = -8.0
+    return (q * step).reshape(w.shape)
+
+
 @pytest.fixture(scope="module")
 def gguf_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build_gguf_base(tmp_path_factory.mktemp("gguf") / "base")
 
 
-@pytest.fixture(scope="module")
-def gguf_run(gguf_base: Path) -> Path:
-    """A full run whose weights fp16 and Q8_0 store exactly."""
-    run = build_full_run(gguf_base.parent / "gguf-run", gguf_base, scale=0.0)
+def _snapped_run(base: Path, name: str, snap) -> Path:
+    run = build_full_run(base.parent / name, base, scale=0.0)
     model = load_model(run / "model")
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim == 2:
-                param.copy_(_snap_to_q8_grid(param))
+                param.copy_(snap(param))
     model.save_pretrained(str(run / "model"), safe_serialization=True)
     return run
+
+
+@pytest.fixture(scope="module")
+def gguf_run(gguf_base: Path) -> Path:
+    """A full run whose weights fp16 and Q8_0 store exactly."""
+    return _snapped_run(gguf_base, "gguf-run", _snap_to_q8_grid)
+
+
+@pytest.fixture(scope="module")
+def gguf_run_q4(gguf_base: Path) -> Path:
+    """A full run whose weights Q4_0 stores exactly."""
+    return _snapped_run(gguf_base, "gguf-run-q4", _snap_to_q4_grid)
 
 
 def test_gguf_of_a_lora_run_passes_verification(gguf_base: Path, tmp_path: Path) -> None:
@@ -125,12 +144,19 @@ def test_merged_half_precision_and_full_run(tiny_model_dir: Path, tmp_path: Path
     assert not (tmp_path / "nope").exists()
 
 
-@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
-def test_gguf_reloads_through_transformers_with_equal_greedy_output(gguf_run: Path, tmp_path: Path, gguf_type: str) -> None:
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "q4_0"])
+def test_gguf_reloads_through_transformers_with_equal_greedy_output(request: pytest.FixtureRequest, tmp_path: Path,
+                                                                    gguf_type: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf_run = request.getfixturevalue("gguf_run_q4" if gguf_type == "q4_0" else "gguf_run")
     res = export_run(gguf_run, "gguf", tmp_path / "gguf", gguf_type=gguf_type)
     assert [p.name for p in res.path.iterdir()] == ["model.gguf"]
+    if gguf_type != "f16":
+        import gguf
+
+        types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(res.path / "model.gguf")).tensors}
+        assert types["blk.0.attn_q.weight"] == gguf_type.upper() == types["token_embd.weight"]
     lm = load_target(str(gguf_run))
     params = SamplingParams(max_tokens=12, ignore_eos=True)
     expected = [c.token_ids for c in generate_chat(lm, PROMPTS, params)]

@@ -60,7 +60,7 @@ def test_exact_scores_match_a_forward_pass_per_label_and_sum_to_one(lm) -> None:
     trie = lm.label_trie()
     prompts = [lm.chat_prompt([{"role": "user", "content": t}]) for t in TEXTS]
     with lm.activate() as module:
-        scores = score_labels(module, prompts, trie, lm.pad_token_id, lm.device, margin=None)  # batched, packed into one row
+        scores = score_labels(module, prompts, trie, lm.device, margin=None)  # batched, packed into one row
     for prompt, s in zip(prompts, scores):
         assert sum(s.probs) == pytest.approx(1.0, abs=1e-9) and all(s.exact)
         for i, seq in enumerate(trie.sequences):
@@ -71,8 +71,8 @@ def test_pruning_keeps_the_answer_and_the_probabilities(lm) -> None:
     trie = lm.label_trie()
     prompts = [lm.chat_prompt([{"role": "user", "content": t}]) for t in TEXTS]
     with lm.activate() as module:
-        exact = score_labels(module, prompts, trie, lm.pad_token_id, lm.device, margin=None)
-        pruned = score_labels(module, prompts, trie, lm.pad_token_id, lm.device, margin=1.0, keep=[LABELS.index("refund")])
+        exact = score_labels(module, prompts, trie, lm.device, margin=None)
+        pruned = score_labels(module, prompts, trie, lm.device, margin=1.0, keep=[LABELS.index("refund")])
     for e, p in zip(exact, pruned):
         assert p.best == e.best and sum(p.probs) == pytest.approx(1.0)
         assert p.exact[p.best] and p.exact[trie.labels.index("refund")]

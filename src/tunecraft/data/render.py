@@ -11,8 +11,9 @@ is generated token by token after it. Raw text bears loss everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
-
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,21 +132,27 @@ def to_messages(example: Example, system_prompt: str | None = None) -> list[dict
 _TOOL_FIELDS = ("tool_calls", "tool_call_id", "name")
 
 
-def _message_dict(m: Message) -> dict[str, Any]:
-    """A message as chat templates take it: tool calls as objects, a tool result's call id and name."""
-    out: dict[str, Any] = {"role": m.role, "content": m.content, "weight": m.weight}
-    if m.tool_calls:
-        out["tool_calls"] = m.calls()
-    if m.tool_call_id:
-        out["tool_call_id"] = m.tool_call_id
-    if m.name:
-        out["name"] = m.name
+def template_message(role: str, content: str, calls: list[dict[str, Any]] | None = None, tool_call_id: str = "",
+                     name: str = "") -> dict[str, Any]:
+    """A message as chat templates take it, for training and serving alike: an assistant's tool
+    calls (arguments as objects), a tool result's call id and function name."""
+    out: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        out["tool_calls"] = calls
+    if tool_call_id:
+        out["tool_call_id"] = tool_call_id
+    if name and role == "tool":
+        out["name"] = name
     return out
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    return {**template_message(m.role, m.content, m.calls(), m.tool_call_id, m.name), "weight": m.weight}
 
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], gen_prompt: bool,
             tools: list[dict[str, Any]] | None = None) -> str:
-    plain = [{k: m[k] for k in ("role", "content", *_TOOL_FIELDS) if k in m} for m in messages]
+    plain = [{k: m[k] for k in ("role", "content", *_TOOL_FIELDS) if m.get(k) is not None} for m in messages]
     extra = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen_prompt, **extra)
 
@@ -169,11 +176,63 @@ def check_tools_render(tokenizer: Any, messages: list[dict[str, Any]], tools: li
         )
 
 
+_PROBE = "tunecraft-probe-answer"
+_END_CACHE: weakref.WeakKeyDictionary[Any, tuple[str | None, str | None]] = weakref.WeakKeyDictionary()
+
+
+def end_of_turn(tokenizer: Any) -> str | None:
+    """The token that closes an assistant turn in the model's chat template: ChatML's
+    `<|im_end|>`, Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`, Mistral's `</s>`.
+
+    Found by rendering a probe turn: the first special token the template writes after the
+    answer. It need not be the tokenizer's EOS (Gemma's EOS is `<eos>`, a Llama 3 base
+    tokenizer's `<|end_of_text|>`), and it is what the model must learn to write and what
+    generation stops at. The EOS when the template writes no special token (or there is none).
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    cached = None
+    with contextlib.suppress(TypeError):
+        cached = _END_CACHE.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    found = _probe_end_of_turn(tokenizer) if template else None
+    found = found or tokenizer.eos_token
+    with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
+        _END_CACHE[tokenizer] = (template, found)
+    return found
+
+
+def _probe_end_of_turn(tokenizer: Any) -> str | None:
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that refuses the probe (Jinja raise_exception): keep the EOS
+        return None
+    if not isinstance(text, str) or _PROBE not in text:
+        return None
+    tail = text[text.rindex(_PROBE) + len(_PROBE):]
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+                 if getattr(t, "special", False)}
+    hits = [(tail.index(t), -len(t), t) for t in specials if t and t in tail]
+    return min(hits)[2] if hits else None
+
+
+def end_token_ids(tokenizer: Any) -> list[int]:
+    """Ids generation stops at, from the tokenizer alone: the end of turn, then the EOS."""
+    ids: list[int] = []
+    for token in (end_of_turn(tokenizer), tokenizer.eos_token):
+        tid = tokenizer.convert_tokens_to_ids(token) if token else None
+        if isinstance(tid, int) and tid >= 0 and tid not in ids:
+            ids.append(tid)
+    return ids
+
+
 def _split_at_end_token(text: str, end_token: str | None) -> tuple[str, str]:
     """Split an assistant segment after its end-of-turn token: (loss part, trailing part).
 
-    ChatML emits `<|im_end|>\\n`; the newline after the end token is never generated (generation
-    stops at the end token), so it bears no loss.
+    ChatML emits `<|im_end|>\\n` (Gemma `<end_of_turn>\\n`); the newline after the end token is never
+    generated (generation stops at the end token), so it bears no loss.
     """
     if end_token and end_token in text:
         cut = text.rindex(end_token) + len(end_token)
@@ -188,7 +247,7 @@ def chat_segments(
     assistant turn's segment is everything the template writes for it after the generation
     prompt: its text, its tool calls, its end-of-turn token; tool results bear no loss."""
     check_tools_render(tokenizer, messages, tools, where)
-    end_token = tokenizer.eos_token
+    end_token = end_of_turn(tokenizer)
     segments: list[tuple[str, bool]] = []
     done = ""  # rendered text covered by segments so far
     for i, msg in enumerate(messages):

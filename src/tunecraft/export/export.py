@@ -35,7 +35,7 @@ from tunecraft.rundir import RunInfo, read_run, resolve_base
 
 Format = Literal["adapter", "merged", "gguf"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 GGUF_FILE = "model.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 

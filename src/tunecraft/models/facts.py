@@ -18,14 +18,18 @@ DEFAULT_CONTEXT = 2048  # when neither the tokenizer nor the model config states
 UNSET_LENGTH = 1_000_000  # tokenizers report ~1e30 when they set no limit
 
 
-def count_params(model_dir: Path, trust_remote_code: bool = False) -> int:
-    """Parameter count from config.json alone (built on the meta device: no weights read)."""
+def meta_model(model_dir: Path, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model built from config.json on the meta device: its shapes, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return sum(p.numel() for p in model.parameters())
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def count_params(model_dir: Path, trust_remote_code: bool = False) -> int:
+    """Parameter count from config.json alone (no weights read)."""
+    return sum(p.numel() for p in meta_model(model_dir, trust_remote_code).parameters())
 
 
 def _config_positions(model_dir: Path | None) -> int | None:

@@ -45,6 +45,30 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         params_m=494,
         hub_id="Qwen/Qwen2.5-0.5B-Instruct",
     ),
+    KnownModel(
+        name="qwen2.5-1.5b-instruct",
+        description="Qwen2.5-1.5B-Instruct (Hub download, needs network once)",
+        params_m=1544,
+        hub_id="Qwen/Qwen2.5-1.5B-Instruct",
+    ),
+    KnownModel(
+        name="llama-3.2-1b-instruct",
+        description="Llama 3.2 1B Instruct (gated on the Hub: accept Meta's license, then HF_TOKEN; network once)",
+        params_m=1236,
+        hub_id="meta-llama/Llama-3.2-1B-Instruct",
+    ),
+    KnownModel(
+        name="gemma-3-1b-it",
+        description="Gemma 3 1B instruction-tuned (gated on the Hub: accept Google's terms, then HF_TOKEN; network once)",
+        params_m=1000,
+        hub_id="google/gemma-3-1b-it",
+    ),
+    KnownModel(
+        name="mistral-7b-instruct-v0.3",
+        description="Mistral 7B Instruct v0.3 (Hub download, ~14.5 GB; a GPU for training; network once)",
+        params_m=7248,
+        hub_id="mistralai/Mistral-7B-Instruct-v0.3",
+    ),
 )
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from tunecraft.constrained import PRUNE_MARGIN, LabelTrie, build_trie, score_batched
-from tunecraft.data.render import TemplateMode, prompt_ids, tokenize_segments
+from tunecraft.data.render import TemplateMode, end_token_ids, prompt_ids, tokenize_segments
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import context_length, inference_dtype, pick_device
 from tunecraft.labels import LabelSet, decide
@@ -124,8 +124,7 @@ class LoadedModel:
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Prompt ids for a conversation (tool calls and results, and `tools`, included),
         rendered and tokenized exactly as in training."""
-        keep = ("role", "content", "tool_calls", "tool_call_id", "name")
-        msgs = [{k: m[k] for k in keep if m.get(k) is not None} for m in messages]
+        msgs = list(messages)  # rendering keeps only the fields templates read
         if self.system_prompt and (not msgs or msgs[0]["role"] != "system"):
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
         return prompt_ids(self.tokenizer, msgs, self.template, tools)
@@ -137,10 +136,9 @@ class LoadedModel:
 
 
 def end_of_turn_ids(tokenizer: Any, model_dirs: Sequence[Path]) -> tuple[int, ...]:
-    """The tokenizer's EOS (the end-of-turn token training appended) plus generation-config EOS ids."""
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
+    """The chat template's end-of-turn token (what training taught the model to write), the
+    tokenizer's EOS, then generation-config EOS ids."""
+    ids = end_token_ids(tokenizer)
     for directory in model_dirs:
         if not (directory / "generation_config.json").is_file():
             continue
@@ -669,7 +667,7 @@ def classify(
     # A sampled row may land on any label: its tokens' log-probs must all be exact then.
     margin = None if any(not sp.greedy for sp in rows) else PRUNE_MARGIN
     with lm.activate() as module:
-        scores = score_batched(module, prompts, trie, lm.pad_token_id, lm.device, batch_size, margin, top_k, keep)
+        scores = score_batched(module, prompts, trie, lm.device, batch_size, margin, top_k, keep)
     rejects = [reject] * len(rows) if isinstance(reject, bool) else list(reject)
     return [_label_answer(lm, s, sp, rj) for s, sp, rj in zip(scores, rows, rejects)]
 

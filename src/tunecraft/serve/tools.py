@@ -14,6 +14,9 @@ import re
 import uuid
 from typing import Any
 
+from tunecraft.data.formats import template_call
+from tunecraft.data.render import template_message
+
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _MISTRAL = "[TOOL_CALLS]"
 
@@ -47,33 +50,17 @@ def tools_for(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[dict
 
 def message_dict(role: str, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None,
                  name: str | None) -> dict[str, Any]:
-    """A request message as chat templates take it: a call's arguments as an object (OpenAI sends
-    them as a JSON string)."""
-    out: dict[str, Any] = {"role": role, "content": content}
-    if tool_calls:
-        out["tool_calls"] = [_template_call(c, i) for i, c in enumerate(tool_calls)]
-    if tool_call_id:
-        out["tool_call_id"] = tool_call_id
-    if name and role == "tool":
-        out["name"] = name
-    return out
+    """A request message as chat templates take it (a call's arguments as an object: OpenAI sends
+    them as a JSON string); a malformed call is a 400 naming `messages`."""
+    calls = [_template_call(c, i) for i, c in enumerate(tool_calls or [])]
+    return template_message(role, content, calls, tool_call_id or "", name or "")
 
 
 def _template_call(call: dict[str, Any], i: int) -> dict[str, Any]:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise ToolRequestError(f'tool_calls[{i}] must be {{"type": "function", "function": {{"name", "arguments"}}}}',
-                               "messages")
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            raise ToolRequestError(f"tool_calls[{i}].function.arguments is not valid JSON", "messages") from None
-    out = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
-    if isinstance(call.get("id"), str):
-        out["id"] = call["id"]
-    return out
+    entry, problem = template_call(call)
+    if entry is None:
+        raise ToolRequestError(f"tool_calls[{i}]{problem}", "messages")
+    return entry
 
 
 def parse_tool_calls(text: str, names: set[str]) -> tuple[str | None, list[dict[str, Any]]]:

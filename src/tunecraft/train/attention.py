@@ -85,23 +85,34 @@ def varlen_attention(
     gqa = query.shape[1] != key.shape[1]
     dtype = query.dtype
     upcast = _upcast_on(query)
+    # A local layer (Mistral's, Gemma's sliding window) sees only the last `window` positions.
+    window = kwargs.get("sliding_window")
     outs = []
     for index in layout.buckets:
         q, k, v = _blocks(query, index), _blocks(key, index), _blocks(value, index)
+        band = _band(index.shape[1], int(window), q.device) if window and window < index.shape[1] else None
+        causal = {"is_causal": True} if band is None else {"attn_mask": band}
         if upcast:  # and out of autocast, which would cast them back down
             with torch.autocast("cpu", enabled=False):
                 o = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True, scale=scaling,
-                    enable_gqa=gqa,
+                    q.float(), k.float(), v.float(), dropout_p=dropout, scale=scaling, enable_gqa=gqa, **causal,
                 )
         else:
             o = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+                q, k, v, dropout_p=dropout, scale=scaling, enable_gqa=gqa, **causal
             )
         outs.append(o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3]))  # (docs * L, H, D)
     gathered = outs[0] if len(outs) == 1 else torch.cat(outs)
     out = gathered.index_select(0, layout.out_index)  # (T, H, D) in flat order
     return out.unsqueeze(0).to(dtype), None  # (1, T, H, D), as transformers' attention functions return
+
+
+def _band(length: int, window: int, device: torch.device) -> torch.Tensor:
+    """Causal attention within a sliding window: query i sees keys j with i - window < j <= i
+    (transformers' sliding-window mask)."""
+    i = torch.arange(length, device=device).unsqueeze(1)
+    j = torch.arange(length, device=device).unsqueeze(0)
+    return (j <= i) & (i - j < window)
 
 
 def _upcast_on(query: torch.Tensor) -> bool:

@@ -18,7 +18,7 @@ import torch
 
 from tunecraft import rundir
 from tunecraft.constrained import build_trie, score_batched
-from tunecraft.data.render import prompt_ids, to_messages
+from tunecraft.data.render import end_token_ids, prompt_ids, to_messages
 from tunecraft.data.schema import Example
 from tunecraft.labels import Calibration, LabelSet, calibrate, detect_label_set
 from tunecraft.models.facts import inference_dtype, pick_device
@@ -75,11 +75,11 @@ def _calibrate(run_dir: Path, cfg: Any, labels: LabelSet, val: list[tuple[list[d
     if len(val) > MAX_CALIBRATION:
         val = random.Random(cfg.train.seed).sample(val, MAX_CALIBRATION)
     module, tokenizer, device = _load_delivered(run_dir, base_path)
-    eos = [int(tokenizer.eos_token_id)]
+    eos = end_token_ids(tokenizer)
     trie = build_trie(tokenizer, labels.labels, cfg.data.template, eos)
     prompts = [prompt_ids(tokenizer, msgs, cfg.data.template) for msgs, _ in val]
     reject = labels.labels.index(labels.reject_label)
-    scores = score_batched(module, prompts, trie, int(tokenizer.pad_token_id), device, keep=[reject])
+    scores = score_batched(module, prompts, trie, device, keep=[reject])
     predicted = [labels.labels[s.best] for s in scores]
     confidence = [s.probs[s.best] for s in scores]
     cal = calibrate(predicted, confidence, [a.strip() for _, a in val], str(labels.reject_label))

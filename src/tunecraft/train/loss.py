@@ -65,11 +65,12 @@ def _per_example(batch: Batch, target_losses: torch.Tensor) -> tuple[torch.Tenso
 
 
 def supports_fast_path(model: Any) -> bool:
-    """The fast path needs plain `lm_head(hidden)` logits (no soft-capping or logit scaling)."""
+    """The fast path needs plain `lm_head(hidden)` logits (no soft-capping or logit scaling) and
+    attention SDPA can compute (Gemma 2's soft-capped attention scores it cannot)."""
     cfg = unwrap(model).config
     return not any(
         getattr(cfg, name, None) not in (None, 1.0)
-        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping")
     )
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from tunecraft.models.facts import meta_model
+
 HEADROOM = 0.85  # of the device's memory a run may plan to use (the allocator, the OS, eval batches)
 
 
@@ -96,11 +98,7 @@ def trainable_params(model_dir: Path, method: str, lora: Any, n_params: int, tru
     counted on a meta-device copy of the model (no weights read)."""
     if method != "lora":
         return n_params
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model = meta_model(model_dir, trust_remote_code)
     targets = lora.target_modules
     total = 0
     for name, module in model.named_modules():

@@ -46,7 +46,7 @@ def test_tokenizer_fields_match_vocab(tiny_tokenizer, tiny_model_dir: Path) -> N
 
 
 def test_non_llama_models_are_refused() -> None:
-    with pytest.raises(GgufExportError, match="architecture 'qwen2'"):
-        check_supported(SimpleNamespace(model_type="qwen2", rope_parameters={"rope_type": "default"}))
+    with pytest.raises(GgufExportError, match="architecture 'gemma3_text'"):
+        check_supported(SimpleNamespace(model_type="gemma3_text", rope_parameters={"rope_type": "default"}))
     with pytest.raises(GgufExportError, match="RoPE scaling 'llama3'"):
         check_supported(SimpleNamespace(model_type="llama", rope_parameters={"rope_type": "llama3"}))
