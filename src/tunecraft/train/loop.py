@@ -143,7 +143,7 @@ def train(plan: Plan, rt: Runtime, resume: bool = False, console: Any = None) ->
     optimizer = build_optimizer(_trainable(model), s.lr, s.weight_decay, s.fused_optimizer)
     st = _restore(plan, rt, model, optimizer, log) if resume else _State()
     _extend_schedule(plan, st, log)
-    steps = plan_steps(len(plan.train), s.batch_size, plan.total_steps, s.seed)
+    steps = plan_steps(len(plan.train), s.batch_size, plan.step_limit, s.seed)  # a refit may grow the run
     trainable, total_params = parameter_counts(model)
     log.event(
         "started",
@@ -479,8 +479,8 @@ def _run_steps(
     per_epoch = steps_per_epoch(len(plan.train), s.batch_size)
     t_start = time.time() - st.elapsed_s
     t_saved = time.time()  # the wall-clock cadence counts from this process's start
-    # Where the schedule ends (a refit of the budget may move it), never past the planned steps.
-    end = min(int(st.segments[-1][1]), plan.total_steps)
+    # Where the schedule ends (a refit of the budget may move it), never past the step limit.
+    end = min(int(st.segments[-1][1]), plan.step_limit)
     while st.step < end:
         step_idx = st.step
         saver.poll()  # a checkpoint written in the background: its event now, or its error

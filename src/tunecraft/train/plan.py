@@ -89,6 +89,14 @@ class Plan:
     eval_indices: tuple[int, ...] = ()  # the fixed validation subsample of intermediate evaluations
     timings: dict[str, float] = field(default_factory=dict)  # seconds per planning stage
     memory: MemoryEstimate | None = None  # the estimated peak of a training step
+    # The most steps a time budget's refit may grow the run to, when the warm-up was measured
+    # slower than the steps then run (a machine busy for a moment); None: total_steps.
+    step_cap: int | None = None
+
+    @property
+    def step_limit(self) -> int:
+        """The steps the run may reach: its planned steps, or more where a budget allows."""
+        return max(self.total_steps, self.step_cap or 0)
 
     @property
     def train_tokens(self) -> int:
@@ -467,7 +475,8 @@ def fit_budget(cfg: RunConfig, plan: Plan, warm: Warmup) -> Plan:
         decided.train.epochs = round(total / per_epoch, 4)
     budget = f"{s.time_budget_s:.0f} s"
     if total < wanted:
-        reason = f"{total} of {wanted} steps fit the time budget of {budget}: {why}"
+        reason = (f"{total} of {wanted} steps fit the time budget of {budget}: {why}; the run refits its "
+                  f"schedule to the steps' measured pace, up to {wanted} steps")
     else:
         reason = (f"the {wanted} steps asked for fit the time budget of {budget}" if asked else
                   f"{BUDGET_MAX_EPOCHS:g} epochs ({wanted} steps) fit the time budget of {budget}, the most "
@@ -484,7 +493,7 @@ def fit_budget(cfg: RunConfig, plan: Plan, warm: Warmup) -> Plan:
     choices += _resolve_cadence(decided, total, len(plan.val), warm.forward_share(s.batch_size))
     settings = _settings(decided)
     return dataclasses.replace(
-        plan, config=decided, settings=settings, total_steps=total, choices=tuple(choices),
+        plan, config=decided, settings=settings, total_steps=total, step_cap=wanted, choices=tuple(choices),
         eval_indices=eval_subsample(len(plan.val), settings.eval_examples, settings.seed),
         timings={**plan.timings, "warmup_s": round(warm.spent_s - sum(plan.timings.values()), 3)},
     )

@@ -94,7 +94,7 @@ class Budget:
         self.limit_s = limit_s  # seconds of training (elapsed_s) this process may use
         self.n_eval, self.n_val, self.batch_size = n_eval, n_val, s.batch_size
         self.eval_every, self.save_every, self.save_interval_s = s.eval_every, s.save_every, s.save_interval_s
-        self.max_end = max_end  # a refit never plans past the steps the plan asked for
+        self.max_end = max_end  # a refit never plans past the plan's step limit (the epochs auto allows)
         self.eval_s_per_example: float | None = None
         self.checkpoint_s = state_bytes / WRITE_BYTES_PER_S
         self.recent: deque[float] = deque(maxlen=REFIT_WINDOW)
@@ -107,7 +107,7 @@ class Budget:
             return None
         n_full = len(plan.val) - len(plan.eval_indices)  # the final pass adds what the subsample left out
         return cls(s.time_budget_s - startup_s, len(plan.eval_indices), n_full, checkpoint_bytes(trainable), s,
-                   plan.total_steps)
+                   plan.step_limit)
 
     def stepped(self, seconds: float) -> None:
         self.recent.append(seconds)

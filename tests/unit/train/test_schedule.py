@@ -108,3 +108,22 @@ def test_a_slowed_run_refits_and_ends_its_decay_inside_the_budget(make_cfg) -> N
     checkpoint = rundir.complete_checkpoints(plan.run_dir)[-1]
     state = json.loads((Path(checkpoint) / "state.json").read_text())
     assert state["segments"][-1][:2] == [refits[-1]["start"], end]
+
+
+def test_a_pessimistic_warm_up_does_not_cap_the_run(make_cfg) -> None:
+    """A warm-up measured while the machine was busy for a moment (here: said 0.1 s a step, the
+    steps then take milliseconds) planned fewer steps than the budget holds: the refit grows the
+    schedule back towards the epochs auto would train for, never past them."""
+    from tunecraft.train.plan import Warmup, fit_budget
+
+    cfg = make_cfg(**{"train.epochs": None, "train.time_budget": 8.0, "train.batch_size": 2,
+                      "train.micro_batch_size": 2, "train.eval_every": 20, "train.warmup_ratio": 0.0})
+    plan = fit_budget(cfg, make_plan(cfg), Warmup(step_s=0.1, load_s=0.0, state_bytes=0, spent_s=0.0))
+    assert plan.total_steps < plan.step_limit  # the 5-epoch cap the budget may grow to
+    s = plan.settings
+    result = train(plan, setup_runtime(s.precision, s.deterministic, s.threads, s.sharding))
+    refits = [e for e in rundir.read_events(plan.run_dir) if e["event"] == "refit"]
+    assert refits and refits[0]["old_end"] == plan.total_steps and refits[0]["end"] > plan.total_steps
+    assert max(e["end"] for e in refits) <= plan.step_limit
+    assert result.summary["steps"] > plan.total_steps
+    assert rundir.read_config(plan.run_dir).train.max_steps == refits[-1]["end"]
