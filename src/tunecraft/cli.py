@@ -222,16 +222,20 @@ def serve(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `tunecraft train`.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="adapter, merged or gguf.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="adapter, merged, gguf, or gguf-lora (the LoRA adapter as a GGUF for llama.cpp's --lora)."
+    )],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (written only if every check passes).")],
     dtype: Annotated[
         Optional[str], typer.Option("--dtype", help="merged: float32, bfloat16 or float16 (default: float32).")
     ] = None,
-    gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf: f16, q8_0, q4_0 or f32.")] = "f16",
+    gguf_type: Annotated[
+        str, typer.Option("--gguf-type", help="gguf: f16, q8_0, q4_0 or f32; gguf-lora: f16, q8_0 or f32.")
+    ] = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out.")] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Export a run as a PEFT adapter, a merged HF model, or a GGUF file; verified before success."""
+    """Export a run as a PEFT adapter, a merged HF model, a GGUF file or a GGUF LoRA adapter; verified before success."""
     from tunecraft.export import export_run
 
     result = export_run(

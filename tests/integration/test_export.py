@@ -185,6 +185,49 @@ def test_gguf_metadata_for_llama_cpp(gguf_run: Path, tmp_path: Path) -> None:
     assert "output.weight" not in types  # tied embeddings: llama.cpp reuses token_embd
 
 
+def test_gguf_lora_of_the_default_architecture_passes_verification(gguf_base: Path, tmp_path: Path) -> None:
+    """The llama-architecture adapter (Q/K rows permuted in lora_b) checks itself against the merge;
+    a file whose lora_b keeps HF's row order is caught by the same check."""
+    import gguf
+    import numpy as np
+
+    from tunecraft.export.gguf_lora import check_lora_gguf
+
+    run = build_lora_run(tmp_path / "lora-run", gguf_base, scale=0.05)
+    res = export_run(run, "gguf-lora", tmp_path / "g", gguf_type="q8_0")
+    assert res.format == "gguf-lora (q8_0)" and "rebuilds the run's merged weights" in res.checks[-1]
+    reader = gguf.GGUFReader(str(res.path / "adapter.gguf"))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight.lora_a"] == "Q8_0" and types["blk.0.attn_q.weight.lora_b"] == "F16"  # rows of r=4
+    # the same adapter with lora_b in HF's rotate-half row order: what a missing permutation would write
+    bad = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), arch="llama")
+    bad.add_type("adapter")
+    bad.add_string("adapter.type", "lora")
+    bad.add_float32("adapter.lora.alpha", 8.0)
+    for t in reader.tensors:
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+        if t.name.startswith("blk.0.attn_q") and t.name.endswith("lora_b"):
+            data = data.reshape(4, -1, 2, 4).swapaxes(1, 2).reshape(data.shape)  # undo the per-head interleave
+        bad.add_tensor(t.name, np.ascontiguousarray(data, dtype=np.float32))
+    bad.write_header_to_file()
+    bad.write_kv_data_to_file()
+    bad.write_tensors_to_file()
+    bad.close()
+    base = load_model(gguf_base)
+    merged = export_run(run, "merged", tmp_path / "merged").path
+    got = check_lora_gguf(tmp_path / "bad.gguf", base, load_model(merged))
+    assert got.pairs == 14 and got.worst > 0.1 * got.scale  # caught: far outside any tolerance
+
+
+def test_gguf_lora_refuses_a_full_run_and_4_bit_factors(gguf_base: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="with gguf-lora: use f32, f16, q8_0"):
+        export_run(tmp_path / "any", "gguf-lora", tmp_path / "q4", gguf_type="q4_0")
+    full = build_full_run(tmp_path / "full-run", gguf_base, scale=0.0)
+    with pytest.raises(ExportError, match="no adapter"):
+        export_run(full, "gguf-lora", tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()
+
+
 def test_tampered_chat_template_is_caught(lora_run: Path, tmp_path: Path) -> None:
     res = export_run(lora_run, "merged", tmp_path / "m")
     template = res.path / "chat_template.jinja"

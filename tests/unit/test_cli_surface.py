@@ -256,6 +256,17 @@ def test_train_help_shows_its_flags() -> None:
         assert flag in result.output, flag
 
 
+def test_export_formats_are_pinned() -> None:
+    """`--format` values are part of the surface too: gguf-lora is llama.cpp's `--lora` adapter."""
+    from tunecraft.export.export import FORMATS
+
+    assert FORMATS == ("adapter", "merged", "gguf", "gguf-lora")
+    result = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "adapter, merged, gguf, or gguf-lora" in text and "gguf-lora: f16, q8_0 or f32" in text
+
+
 def test_data_help_lists_check_and_show() -> None:
     result = CliRunner().invoke(app, ["data", "--help"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""Export a run directory as standard artifacts: PEFT adapter, merged HF model, or GGUF.
+"""Export a run directory as standard artifacts: PEFT adapter, merged HF model, GGUF, or a GGUF
+LoRA adapter for llama.cpp.
 
 Every export verifies itself (rendering, end-of-turn token, logits) before it is moved into place.
 """

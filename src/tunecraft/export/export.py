@@ -1,4 +1,5 @@
-"""`tunecraft export`: write a run's model as a PEFT adapter, a merged HF model, or a GGUF file.
+"""`tunecraft export`: write a run's model as a PEFT adapter, a merged HF model, a GGUF file, or
+its LoRA adapter as a GGUF adapter for llama.cpp's `--lora`.
 
 Every format is written into a temporary directory next to `--out`, verified against the run
 (`tunecraft.export.verify`), and only then renamed into place, so `--out` never holds a
@@ -22,9 +23,13 @@ import torch
 
 from tunecraft.durable import atomic_dir
 from tunecraft.errors import TunecraftError
+from tunecraft.export.gguf_arch import GgufExportError
+from tunecraft.export.gguf_lora import LORA_TYPES, check_lora_gguf, write_lora_gguf
+from tunecraft.export.gguf_verify import load_gguf_model
 from tunecraft.export.gguf_writer import GgufType, write_gguf
 from tunecraft.export.verify import (
     TOLERANCES,
+    ExportVerificationError,
     check_end_of_turn,
     check_rendering,
     compare_logits,
@@ -33,10 +38,12 @@ from tunecraft.export.verify import (
 from tunecraft.serve.engine import LoadedModel, load_target
 from tunecraft.rundir import RunInfo, read_run, resolve_base
 
-Format = Literal["adapter", "merged", "gguf"]
+Format = Literal["adapter", "merged", "gguf", "gguf-lora"]
+FORMATS: tuple[str, ...] = ("adapter", "merged", "gguf", "gguf-lora")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 GGUF_FILE = "model.gguf"
+GGUF_LORA_FILE = "adapter.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -56,12 +63,15 @@ Status = Callable[[str], None]
 
 def _validate(fmt: str, dtype: str | None, gguf_type: str) -> None:
     problems = []
-    if fmt not in ("adapter", "merged", "gguf"):
-        problems.append(f"--format {fmt!r}: use adapter, merged or gguf")
+    if fmt not in FORMATS:
+        problems.append(f"--format {fmt!r}: use {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if dtype is not None and dtype not in DTYPES:
         problems.append(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
     if gguf_type not in GGUF_TYPES:
         problems.append(f"--gguf-type {gguf_type!r}: use {', '.join(GGUF_TYPES)}")
+    elif fmt == "gguf-lora" and gguf_type not in LORA_TYPES:
+        problems.append(f"--gguf-type {gguf_type!r} with gguf-lora: use {', '.join(LORA_TYPES)} (4-bit A/B factors "
+                        "lose most of an adapter; llama.cpp's own converter does not offer them)")
     if problems:
         raise ExportError("; ".join(problems))
 
@@ -145,6 +155,17 @@ def write_gguf_file(info: RunInfo, ref: LoadedModel, tmp: Path, gguf_type: GgufT
     write_gguf(model, ref.tokenizer, tmp / GGUF_FILE, gguf_type, info.run_dir.name, ref.eos_token_ids[0])
 
 
+def write_gguf_lora_file(info: RunInfo, tmp: Path, gguf_type: GgufType, trust_remote_code: bool = False) -> None:
+    """The run's LoRA adapter as llama.cpp's GGUF adapter (applied over a GGUF of the same base)."""
+    from tunecraft.models.load import load_model, load_peft
+
+    if info.method != "lora":
+        raise ExportError(f"{info.run_dir}: a full fine-tuning run has no adapter; use --format gguf")
+    tmp.mkdir(parents=True, exist_ok=True)
+    base = load_model(resolve_base(info), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    write_lora_gguf(load_peft(base, info.model_dir), tmp / GGUF_LORA_FILE, gguf_type, info.run_dir.name)
+
+
 # ----------------------------------------------------------------------------- verification
 
 
@@ -169,6 +190,8 @@ def _verify(
     where = f"export check ({fmt})"
     if fmt == "gguf":
         return _verify_gguf(ref, artifact, tolerance_key or "gguf-f16", where)
+    if fmt == "gguf-lora":
+        return _verify_gguf_lora(info, artifact, tolerance_key or "gguf-lora-f16", where, trust_remote_code)
     tokenizer = load_tokenizer(artifact, trust_remote_code=trust_remote_code)
     samples = check_rendering(ref, tokenizer, where)
     check_end_of_turn(ref, generation_config_eos(artifact), where)
@@ -185,7 +208,7 @@ def _verify(
 
 def _verify_gguf(ref: LoadedModel, artifact: Path, key: str, where: str) -> list[str]:
     import gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = artifact / GGUF_FILE
     reader = gguf.GGUFReader(str(path))
@@ -193,9 +216,39 @@ def _verify_gguf(ref: LoadedModel, artifact: Path, key: str, where: str) -> list
     check_end_of_turn(ref, [int(eos_field.contents())] if eos_field else [], where)
     tokenizer = AutoTokenizer.from_pretrained(str(artifact), gguf_file=GGUF_FILE)
     samples = check_rendering(ref, tokenizer, where)
-    model = AutoModelForCausalLM.from_pretrained(str(artifact), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    # transformers' GGUF loader, plus what llama.cpp reads from the file that the loader does not
+    model, applied = load_gguf_model(artifact, GGUF_FILE)
     worst = compare_logits(ref, lambda x: model(input_ids=x).logits, samples, TOLERANCES[key], where)
-    return _checks(len(samples), ref, worst, key)
+    checks = _checks(len(samples), ref, worst, key)
+    if applied:
+        checks[-1] += " (reloaded by transformers' GGUF loader with llama.cpp's reading of: " + "; ".join(applied) + ")"
+    return checks
+
+
+def _verify_gguf_lora(info: RunInfo, artifact: Path, key: str, where: str, trust_remote_code: bool) -> list[str]:
+    """transformers cannot load a GGUF adapter: read it back with gguf-py and rebuild each merged
+    weight as llama.cpp will, against the run's merged model (PEFT's merge of the adapter)."""
+    from tunecraft.models.load import load_model
+
+    base = load_model(resolve_base(info), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    merged = _float_model(info, torch.float32, trust_remote_code)
+    try:
+        got = check_lora_gguf(artifact / GGUF_LORA_FILE, base, merged)
+    except GgufExportError as exc:
+        raise ExportVerificationError(f"{where}: {exc}") from None
+    tol = TOLERANCES[key]
+    if not got.worst <= tol.limit(got.scale):  # also catches NaN
+        raise ExportVerificationError(
+            f"{where}: base + alpha/r x B A differs from the merged weights by up to {got.worst:.3g} "
+            f"(allowed {tol.limit(got.scale):.3g} = {tol.atol:g} + {tol.rtol:g} x max |merged - base| {got.scale:.3g})"
+        )
+    return [
+        f"llama.cpp LoRA adapter for {got.arch}: general.type adapter, adapter.type lora, alpha {got.alpha:g}",
+        f"{got.pairs} lora_a/lora_b pairs under the base GGUF's tensor names; every weight the adapter changes has one",
+        f"base + alpha/r x lora_b @ lora_a rebuilds the run's merged weights in the base GGUF's layout"
+        f"{' (Q/K rows permuted for llama.cpp RoPE)' if got.arch == 'llama' else ''}: max |diff| {got.worst:.2e} "
+        f"(tolerance {tol.atol:g} + {tol.rtol:g} x max |merged - base| {got.scale:.3g})",
+    ]
 
 
 def _checks(n: int, ref: LoadedModel, worst: float, key: str) -> list[str]:
@@ -238,7 +291,7 @@ def export_run(
         key = _write(fmt, info, ref, tmp, dtype or "float32", gguf_type, trust_remote_code)
         status("verifying the export against the run")
         checks = _verify(info, ref, tmp, fmt, key, trust_remote_code)
-    return ExportResult(out, fmt if fmt != "gguf" else f"gguf ({gguf_type})", checks)
+    return ExportResult(out, f"{fmt} ({gguf_type})" if fmt.startswith("gguf") else fmt, checks)
 
 
 def _write(
@@ -251,6 +304,9 @@ def _write(
     if fmt == "merged":
         write_merged(info, ref, tmp, dtype, trust_remote_code)
         return dtype
+    if fmt == "gguf-lora":
+        write_gguf_lora_file(info, tmp, gguf_type, trust_remote_code)  # type: ignore[arg-type]
+        return f"gguf-lora-{gguf_type}"
     write_gguf_file(info, ref, tmp, gguf_type, trust_remote_code)  # type: ignore[arg-type]
     return f"gguf-{gguf_type}"
 

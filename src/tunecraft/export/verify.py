@@ -49,6 +49,11 @@ TOLERANCES: dict[str, Tolerance] = {
     "gguf-f16": Tolerance(1e-3, 5e-3),
     "gguf-q8_0": Tolerance(5e-2, 0.15),
     "gguf-q4_0": Tolerance(0.5, 0.5),
+    # LoRA GGUF: |(base + alpha/r B A) - merged| per weight, relative to max |merged - base|.
+    # Measured on the tiny families (rank 4): f32 1e-7, f16 3.9e-4, q8_0 4.5e-3 (relative).
+    "gguf-lora-f32": Tolerance(1e-6, 1e-5),
+    "gguf-lora-f16": Tolerance(1e-6, 2e-3),
+    "gguf-lora-q8_0": Tolerance(1e-6, 2e-2),
 }
 
 SAMPLE_CONVERSATIONS: list[list[dict[str, str]]] = [
