@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast bench clean browser
+.PHONY: install demo test test-fast bench clean browser qlora
 
 # The dashboard's browser tests drive Debian's chromium (never a browser playwright downloads).
 # Installed only when missing, and only where apt-get can (CI runs as root).
@@ -28,6 +28,16 @@ $(STAMP): $(PY) pyproject.toml Makefile
 
 install: $(STAMP)
 
+# bitsandbytes for the QLoRA tests, beside the venv rather than in it: installed in it, every
+# `import peft` imports it (~2 s) and on AVX-512 BF16 CPUs it asks the Hugging Face Hub for a
+# kernel. Users who want QLoRA install the extra: pip install 'tunecraft[qlora]'.
+QLORA_SITE := $(VENV)/qlora-site
+$(QLORA_SITE)/.installed-0.50.2: $(STAMP)
+	$(PIP) install --quiet --no-deps --upgrade --target $(QLORA_SITE) bitsandbytes==0.50.2
+	touch $@
+
+qlora: $(QLORA_SITE)/.installed-0.50.2
+
 demo: install
 	$(VENV)/bin/tunecraft demo
 
@@ -39,7 +49,7 @@ ifeq ($(CHROMIUM),)
 	else echo "chromium is missing: install Debian's chromium package (apt-get install chromium) for the browser tests"; fi
 endif
 
-test: install browser
+test: install browser qlora
 	$(PY) -m pytest -q
 
 test-fast: install

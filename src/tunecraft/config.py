@@ -113,6 +113,11 @@ class LoraConfig(_Section):
                              "a higher rank keeps learning instead of shrinking its own update.")
     use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its LoRA "
                            "direction (peft); closer to full fine-tuning, slower per step.")
+    quantize: Literal["none", "nf4"] = Field(
+        "none", description="QLoRA: 'nf4' keeps the frozen base's linear weights in 4 bits (bitsandbytes, "
+        "on CUDA or CPU; ~0.52 byte per weight instead of 2-4) and trains the adapters over them. The "
+        "adapter is a plain PEFT adapter over the original model; merged exports use its full-precision "
+        "weights. Needs bitsandbytes and accelerate (tunecraft's qlora extra).")
 
 
 class DpoConfig(_Section):

@@ -113,19 +113,27 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     device: torch.device | str = "cpu",
+    quantization: Any | None = None,
 ) -> Any:
-    """A causal LM from safetensors (pickle weights are refused by `use_safetensors=True`)."""
+    """A causal LM from safetensors (pickle weights are refused by `use_safetensors=True`).
+
+    `quantization` (a transformers quantization config, e.g. QLoRA's 4-bit one) quantizes the
+    weights as they load, straight onto `device`: a quantized model is placed by its loader
+    (moving it afterwards would have to carry the quantization state along).
+    """
     from transformers import AutoModelForCausalLM
 
     check_remote_code(path, trust_remote_code)
+    placed = {} if quantization is None else {"quantization_config": quantization, "device_map": {"": str(device)}}
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
         attn_implementation="sdpa",
+        **placed,
     )
-    return model.to(device)
+    return model if quantization is not None else model.to(device)
 
 
 # ----------------------------------------------------------------------------- LoRA adapters

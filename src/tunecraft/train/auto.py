@@ -40,7 +40,11 @@ def _round_up(n: int, multiple: int) -> int:
 # at 5e-5 0.675 (still learning when the budget ended).
 
 
-def choose_method(n_params: int) -> Choice:
+def choose_method(n_params: int, quantize: str = "none") -> Choice:
+    """`quantize`: lora.quantize; a 4-bit base (QLoRA) trains adapters whatever the size."""
+    if quantize != "none":
+        return Choice("train.method", "lora", f"lora.quantize={quantize}: QLoRA trains LoRA adapters over "
+                      "the 4-bit base weights")
     if n_params >= LORA_MIN_PARAMS:
         return Choice("train.method", "lora", f"{n_params / 1e6:.0f}M parameters: LoRA adapters "
                       "beside frozen weights: measured as accurate as full fine-tuning per budget, "

@@ -36,7 +36,7 @@ from tunecraft.train import attention, dpo, linear, schedule
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.deliver import save_deliverable
-from tunecraft.train.lora import apply_lora
+from tunecraft.train.lora import apply_lora, four_bit_config
 from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, set_lr
 from tunecraft.train.plan import Plan, TrainSettings, Warmup, checkpoint_bytes, fit_budget, make_plan
@@ -389,7 +389,9 @@ def build_model(plan: Plan, rt: Runtime) -> tuple[Any, linear.Probe | None]:
     # LoRA: frozen base in the compute dtype, adapters in fp32 (peft upcasts them).
     # Full: fp32 master weights; bf16 compute comes from autocast.
     dtype = rt.dtype if s.method == "lora" else torch.float32
-    model = load_model(plan.model.path, dtype, s.trust_remote_code, rt.device)
+    # QLoRA: the frozen base's linear weights in 4 bits, multiplied in the compute dtype.
+    four_bit = four_bit_config(s.lora.quantize, rt.dtype) if s.method == "lora" else None
+    model = load_model(plan.model.path, dtype, s.trust_remote_code, rt.device, quantization=four_bit)
     model.config.use_cache = False
     if s.method == "lora":
         model = apply_lora(model, s.lora, s.seed)

@@ -23,6 +23,9 @@ import torch
 from tunecraft.models.facts import meta_model
 
 HEADROOM = 0.85  # of the device's memory a run may plan to use (the allocator, the OS, eval batches)
+# QLoRA's NF4 with double quantization, bytes per weight: the 4-bit code, an 8-bit scale per
+# 64 weights, an fp32 scale per 256 of those (bitsandbytes' blocks).
+FOUR_BIT_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,17 @@ def shape(model_dir: Path) -> dict[str, int]:
 
 
 def estimate(n_params: int, trainable: int, method: str, compute_bytes: int, micro_tokens: int,
-             dims: dict[str, int], checkpointing: bool, full_logits: bool = False) -> MemoryEstimate:
+             dims: dict[str, int], checkpointing: bool, full_logits: bool = False,
+             four_bit: int = 0) -> MemoryEstimate:
     """Peak bytes of one training step. `compute_bytes`: 2 for bf16, 4 for fp32; LoRA keeps the
     frozen base in the compute dtype, full fine-tuning fp32 master weights; `micro_tokens`:
-    tokens of one forward pass; `full_logits`: the reference engine's logits over every token."""
-    weights = n_params * (compute_bytes if method == "lora" else 4) + (trainable * 4 if method == "lora" else 0)
+    tokens of one forward pass; `full_logits`: the reference engine's logits over every token;
+    `four_bit`: base weights stored in 4 bits (QLoRA; see `linear_weights`)."""
+    if method == "lora":
+        base = (n_params - four_bit) * compute_bytes + int(four_bit * FOUR_BIT_BYTES)
+        weights = base + trainable * 4
+    else:
+        weights = n_params * 4
     per_layer = (12 * dims["hidden"] + 4 * dims["intermediate"]) * compute_bytes
     if checkpointing:
         kept = micro_tokens * (dims["hidden"] * compute_bytes * dims["layers"] + per_layer)
@@ -91,6 +100,14 @@ def measured_peak(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def linear_weights(model_dir: Path, trust_remote_code: bool = False) -> int:
+    """Weights of the linear layers that QLoRA stores in 4 bits: every one but the LM head
+    (transformers keeps that, and the embedding it may share, in the compute dtype)."""
+    model = meta_model(model_dir, trust_remote_code)
+    return sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] != "lm_head")
 
 
 def trainable_params(model_dir: Path, method: str, lora: Any, n_params: int, trust_remote_code: bool = False) -> int:

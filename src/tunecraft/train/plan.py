@@ -29,6 +29,7 @@ from tunecraft.models.facts import context_length, count_params, pick_device
 from tunecraft.models.load import load_tokenizer
 from tunecraft.models.resolve import ResolvedModel, resolve_model
 from tunecraft.train import auto, memory
+from tunecraft.train.lora import qlora_problems
 from tunecraft.train.memory import MemoryEstimate
 
 
@@ -148,6 +149,7 @@ def check_paths(cfg: RunConfig) -> None:
     if cfg.train.deterministic and cfg.train.precision == "bf16":
         problems.append("train.precision: bf16 contradicts train.deterministic=true (bit-reproducible "
                         "runs compute in fp32); drop one of them")
+    problems += qlora_problems(cfg, pick_device())
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
@@ -218,7 +220,7 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
     r = _Resolver(cfg)
     tc = cfg.train
     device = pick_device()
-    r.choose(tc.method, lambda: auto.choose_method(n_params))
+    r.choose(tc.method, lambda: auto.choose_method(n_params, cfg.lora.quantize))
     r.choose(tc.lr, lambda: auto.choose_lr(str(tc.method), tc.objective))
     r.choose(tc.batch_size, lambda: auto.choose_batch_size(len(data.train)))
     if tc.max_steps is not None and tc.epochs is None:
@@ -351,12 +353,13 @@ def _memory_choice(cfg: RunConfig, model_dir: Path, n_params: int, max_len: int)
     tc = cfg.train
     trainable = memory.trainable_params(model_dir, str(tc.method), cfg.lora, n_params, cfg.model.trust_remote_code)
     compute_bytes = 2 if tc.precision == "bf16" else 4
+    four_bit = memory.linear_weights(model_dir, cfg.model.trust_remote_code) if cfg.lora.quantize != "none" else 0
     micro_tokens = int(tc.micro_batch_size or 1) * max_len * (2 if tc.objective == "dpo" else 1)
     dims = memory.shape(model_dir)
 
     def at(checkpointing: bool) -> MemoryEstimate:
         return memory.estimate(n_params, trainable, str(tc.method), compute_bytes, micro_tokens, dims,
-                               checkpointing, full_logits=tc.engine == "reference")
+                               checkpointing, full_logits=tc.engine == "reference", four_bit=four_bit)
 
     if tc.gradient_checkpointing is not None:
         return at(tc.gradient_checkpointing), None
