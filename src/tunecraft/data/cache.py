@@ -3,6 +3,10 @@
 Key = data file bytes + tokenizer files + chat template + render mode + system prompt +
 max length + the renderer's version. Writes are atomic (temp file + rename), so a crashed
 run never leaves a half-written entry that a later run would trust.
+
+This module's layout is a list of examples loaded whole (chat, instruction, and every format
+but streamed raw text). Raw-text JSONL is tokenized straight into an entry of its own layout
+and read back one window at a time: see data.tokenstore.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tunecraft.durable import atomic_write, atomic_write_text
 from tunecraft.data.render import TokenizedExample
 
 RENDER_VERSION = "1"  # bump when render.py changes what it produces
+DIGEST_BYTES = 1 << 20  # read at a time when hashing a data file
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -38,7 +43,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(DIGEST_BYTES), b""):
             h.update(chunk)
     return h.hexdigest()
 
@@ -48,13 +53,15 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
-def _entry(key: str) -> Path:
+def entry_path(key: str) -> Path:
+    """Where the entry of `key` lives (a .safetensors file; the list layout adds a .json beside it)."""
     return paths.data_cache_dir() / f"{key}.safetensors"
+
 
 
 def load_cached(key: str) -> list[TokenizedExample] | None:
     """The cached examples of `key`, or None when there is no usable entry (it is rebuilt)."""
-    path = _entry(key)
+    path = entry_path(key)
     if not path.is_file():
         return None
     try:
@@ -78,7 +85,7 @@ def store(key: str, examples: list[TokenizedExample]) -> None:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat_ids = np.array([t for e in examples for t in e.input_ids], dtype=np.int32)
     flat_labels = np.array([t for e in examples for t in e.labels], dtype=np.int32)
-    path = _entry(key)
+    path = entry_path(key)
     meta = {"rows": [[e.path, e.line, e.truncated] for e in examples]}
     # JSON first: an entry counts only once its .safetensors exists.
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta))

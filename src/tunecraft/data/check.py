@@ -2,7 +2,8 @@
 
 Everything that needs no model runs first (format, fields, duplicates, leakage). Statistics need
 only the tokenizer, never the weights, and are skipped for files with errors: those are listed
-in full instead. Errors make the command exit 1; warnings alone exit 0.
+in full instead. Errors make the command exit 1; warnings alone exit 0. A raw-text JSONL file is
+streamed, and its tokens land in the cache entry that training then reads.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from tunecraft.data.dedup import duplicate_issues, find_duplicates, find_leaks, leak_issues
-from tunecraft.data.formats import ParsedFile, parse_file
+from tunecraft.data.formats import ParsedFile
 from tunecraft.data.render import TemplateMode
 from tunecraft.data.schema import Format, Issue
 from tunecraft.data.stats import TokenStats, length_issues, token_stats
+from tunecraft.data.textfile import read_file
 from tunecraft.errors import ConfigError
 
 # Below this many training examples fine-tuning rarely changes behaviour reliably; OpenAI's
@@ -132,9 +134,10 @@ def check_data(
     """Validate `data` (and `val`); token statistics with `model`'s tokenizer for clean files."""
     if max_length is not None and max_length < 1:
         raise ConfigError(f"--max-length {max_length}: must be a positive number of tokens")
-    parsed: dict[Role, ParsedFile] = {"train": parse_file(Path(data))}
+    # Raw-text JSONL streams (data.textfile): a large corpus is checked in bounded memory.
+    parsed: dict[Role, ParsedFile] = {"train": read_file(Path(data))}
     if val is not None:
-        parsed["val"] = parse_file(Path(val))
+        parsed["val"] = read_file(Path(val))
     report = CheckReport(
         [FileReport(role, str(pf.path), pf.format, len(pf.examples)) for role, pf in parsed.items()],
         _data_issues(parsed),

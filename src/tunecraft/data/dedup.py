@@ -6,6 +6,10 @@ whose Jaccard similarity reaches `NEAR_THRESHOLD` are reported. Candidates come 
 signatures with locality-sensitive hashing (numpy, vectorized: 10k x 3k examples take about a
 second on one core); every candidate is then verified with the exact Jaccard similarity, so no
 pair below the threshold is ever reported.
+
+Memory stays bounded for a streamed raw-text corpus (a sequence that is not a list, read from
+disk on demand): exact copies are compared by 16-byte digests, signatures are computed
+MINHASH_WORDS words at a time, and word sets are built when used, never all held.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +43,9 @@ SEED = 20240611  # fixed: the same data must give the same report on every run
 # across any chat dataset without being a leak.
 MIN_PROMPT_WORDS = 5
 MAX_LISTED = 5  # other lines named in one message; the rest are counted
+# Words (summed over sets) per MinHash chunk: the (16, words) gathers and the (144, distinct
+# words) hash table stay within ~60 MB however large the corpus.
+MINHASH_WORDS = 100_000
 _WORD = re.compile(r"\w+")
 
 MatchKind = Literal["exact", "near", "prompt"]
@@ -101,7 +108,34 @@ def _stable_hashes(words: list[str]) -> np.ndarray:
 
 
 def minhash(sets: Sequence[frozenset[str]]) -> np.ndarray:
-    """(N, BANDS * ROWS) uint32 MinHash signatures of non-empty sets."""
+    """(N, BANDS * ROWS) uint32 MinHash signatures of non-empty sets, MINHASH_WORDS words at a
+    time (a set's signature depends on its words alone, so chunks change nothing)."""
+    _, sig = _signatures(sets)
+    return sig
+
+
+def _signatures(sets: Iterable[frozenset[str]]) -> tuple[list[int], np.ndarray]:
+    """(positions of the non-empty sets, their signatures), in one pass over `sets`."""
+    kept: list[int] = []
+    parts: list[np.ndarray] = [np.empty((0, BANDS * ROWS), dtype=np.uint32)]
+    chunk: list[frozenset[str]] = []
+    words = 0
+    for i, s in enumerate(sets):
+        if not s:
+            continue
+        kept.append(i)
+        chunk.append(s)
+        words += len(s)
+        if words >= MINHASH_WORDS:
+            parts.append(_minhash_chunk(chunk))
+            chunk, words = [], 0
+    if chunk:
+        parts.append(_minhash_chunk(chunk))
+    return kept, np.concatenate(parts)
+
+
+def _minhash_chunk(sets: Sequence[frozenset[str]]) -> np.ndarray:
+    """(N, BANDS * ROWS) uint32 signatures of non-empty sets, all at once."""
     rng = np.random.default_rng(SEED)
     k = BANDS * ROWS
     # Multiply-shift hashing: (a * x + b) mod 2^64, top 32 bits; numpy uint64 arithmetic wraps.
@@ -184,25 +218,68 @@ def _verify(
 def similar_pairs(
     left: Sequence[frozenset[str]], right: Sequence[frozenset[str]], threshold: float
 ) -> list[tuple[int, int, float]]:
-    """(i, j, jaccard) for left[i], right[j] with Jaccard >= threshold (empty sets never match)."""
-    left_idx = [i for i, s in enumerate(left) if s]
-    right_idx = [j for j, s in enumerate(right) if s]
+    """(i, j, jaccard) for left[i], right[j] with Jaccard >= threshold (empty sets never match).
+    A side that is not a list is read once for signatures and again only at candidate pairs."""
+    left_idx, left_sig = _signatures(left)
+    right_idx, right_sig = _signatures(right)
     if not left_idx or not right_idx:
         return []
-    sig = minhash([left[i] for i in left_idx] + [right[j] for j in right_idx])
-    candidates = _candidates(sig[: len(left_idx)], sig[len(left_idx) :], threshold)
-    lsets, rsets = [left[i] for i in left_idx], [right[j] for j in right_idx]
+    candidates = _candidates(left_sig, right_sig, threshold)
     pairs = [(left_idx[a], right_idx[b], score)
-             for a, b, score in _verify(lsets, rsets, candidates, threshold)]
+             for a, b, score in _verify(_picked(left, left_idx), _picked(right, right_idx), candidates, threshold)]
     return sorted(pairs)
+
+
+def _picked(sets: Sequence[frozenset[str]], indices: list[int]) -> Sequence[frozenset[str]]:
+    """sets[i] for i in indices: a list, or a view for sets built on demand."""
+    return [sets[i] for i in indices] if isinstance(sets, list) else _Picked(sets, indices)
+
+
+class _Picked(Sequence[frozenset[str]]):
+    def __init__(self, sets: Sequence[frozenset[str]], indices: list[int]) -> None:
+        self.sets, self.indices = sets, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> frozenset[str]:  # type: ignore[override]
+        return self.sets[self.indices[k]]
+
+
+class _WordSets(Sequence[frozenset[str]]):
+    """Word sets of examples read on demand (a streamed corpus), built when used, never all held."""
+
+    def __init__(self, examples: Sequence[Example], text: Callable[[Example], str]) -> None:
+        self.examples, self.text = examples, text
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> frozenset[str]:  # type: ignore[override]
+        return word_set(self.text(self.examples[i]))
+
+    def __iter__(self) -> Iterator[frozenset[str]]:
+        return (word_set(self.text(e)) for e in self.examples)
+
+
+def _content_sets(examples: Sequence[Example]) -> Sequence[frozenset[str]]:
+    if isinstance(examples, list):
+        return [word_set(content_text(e)) for e in examples]
+    return _WordSets(examples, content_text)
+
+
+def text_key(text: str) -> bytes:
+    """16 bytes standing for a text in exact-duplicate tests (a collision is 2^-64 likely even
+    among 2^32 examples): a streamed corpus is compared without holding its texts."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 def find_duplicates(examples: Sequence[Example]) -> list[Match]:
     """Exact duplicates within one file: each later copy points at the first one."""
-    first: dict[str, int] = {}
+    first: dict[bytes, int] = {}
     matches: list[Match] = []
     for ex in examples:
-        key = ex.key_text()
+        key = text_key(ex.key_text())
         if key in first:
             matches.append(Match(ex.line, first[key], "exact", 1.0))
         else:
@@ -214,16 +291,14 @@ def find_leaks(
     train: Sequence[Example], val: Sequence[Example], threshold: float = NEAR_THRESHOLD
 ) -> list[Match]:
     """Validation examples that repeat a training example: exactly, nearly, or by prompt alone."""
-    train_keys: dict[str, list[int]] = defaultdict(list)
+    train_keys: dict[bytes, list[int]] = defaultdict(list)
     for ex in train:
-        train_keys[ex.key_text()].append(ex.line)
+        train_keys[text_key(ex.key_text())].append(ex.line)
     found: dict[tuple[int, int], Match] = {}
     for ex in val:
-        for line in train_keys.get(ex.key_text(), ()):
+        for line in train_keys.get(text_key(ex.key_text()), ()):
             found[(ex.line, line)] = Match(ex.line, line, "exact", 1.0)
-    content = similar_pairs(
-        [word_set(content_text(e)) for e in train], [word_set(content_text(e)) for e in val], threshold
-    )
+    content = similar_pairs(_content_sets(train), _content_sets(val), threshold)
     _add(found, content, train, val, "near")
     # Prompts alone only for validation examples not already flagged: one finding per line is
     # enough to act on, and templated data would otherwise pay for the same pairs twice.
@@ -247,6 +322,8 @@ def _add(
 
 
 def _prompt_sets(examples: Sequence[Example]) -> list[frozenset[str]]:
+    if getattr(examples, "format", None) == "text":  # streamed raw text (TextRecords): no prompts to read
+        return [frozenset()] * len(examples)
     sets = [word_set(prompt_only(e)) for e in examples]
     return [s if len(s) >= MIN_PROMPT_WORDS else frozenset() for s in sets]
 

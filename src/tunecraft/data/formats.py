@@ -14,6 +14,7 @@ import csv
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ class Record:
 class ParsedFile:
     path: Path
     format: Format | None  # the file's format (the most common one among its records)
-    examples: list[Example]
+    examples: Sequence[Example]  # a list; raw-text JSONL: data.textfile.TextRecords, read on demand
     issues: list[Issue]
 
     @property
@@ -577,7 +578,8 @@ def _duplicate_issues(keys: list[str], path: str, line: int) -> list[Issue]:
             for key in keys]
 
 
-def _parse_json_line(line: Line, path: str) -> Record:
+def parse_json_line(line: Line, path: str) -> Record:
+    """One JSONL line -> its record (format, example, issues); data.textfile streams with it."""
     try:
         obj, duplicates = _loads(line.text)
     except json.JSONDecodeError as exc:
@@ -598,13 +600,13 @@ def jsonl_records(read: ReadResult, path: str) -> tuple[list[Record], list[Issue
     lines = [line for line in read.lines if line.valid and line.text.strip()]
     if len(lines) > 1 and lines[0].text.lstrip().startswith(("[", "{")):
         # Only when the first line is not JSON by itself: then it may open a pretty-printed file.
-        whole = None if _parses(lines[0].text) else _whole_file_json(lines, path)
+        whole = None if parses_alone(lines[0].text) else _whole_file_json(lines, path)
         if whole is not None:
             return [], [whole]
-    return [_parse_json_line(line, path) for line in lines], []
+    return [parse_json_line(line, path) for line in lines], []
 
 
-def _parses(text: str) -> bool:
+def parses_alone(text: str) -> bool:
     try:
         json.loads(text)
     except (ValueError, RecursionError):
@@ -701,12 +703,15 @@ def _file_format(records: list[Record]) -> Format | None:
 
 def _mixed_format_issues(records: list[Record], fmt: Format, path: str) -> list[Issue]:
     first = next(r.line for r in records if r.format == fmt)
-    return [
-        Issue(path, r.line, "mixed_formats", f"this line is {r.format} but the file is {fmt} "
-              f"(like line {first}); use one format per file")
-        for r in records
-        if r.format is not None and r.format != fmt
-    ]
+    others = [(r.line, r.format) for r in records if r.format is not None and r.format != fmt]
+    return mixed_format_issues(others, fmt, first, path)
+
+
+def mixed_format_issues(others: list[tuple[int, Format]], fmt: Format, first: int, path: str) -> list[Issue]:
+    """One issue per (line, format) of a record whose format is not the file's `fmt` (first seen at
+    line `first`)."""
+    return [Issue(path, line, "mixed_formats", f"this line is {other} but the file is {fmt} "
+                  f"(like line {first}); use one format per file") for line, other in others]
 
 
 def parquet_records(path: Path) -> tuple[list[Record], list[Issue]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from tunecraft.data.formats import parse_file
+from tunecraft.data.formats import ParsedFile, parse_file
 from tunecraft.data.schema import Example
+from tunecraft.data.textfile import read_file
 from tunecraft.errors import DataError
 
 
@@ -14,7 +16,17 @@ def load_examples(path: Path | str) -> list[Example]:
 
     Warnings (duplicates, all-weight-0 conversations) do not stop loading: `data check` shows them.
     """
-    parsed = parse_file(Path(path))
+    return list(_valid(parse_file(Path(path)), path))
+
+
+def stream_examples(path: Path | str) -> Sequence[Example]:
+    """`load_examples` for training: a raw-text JSONL file is validated as a stream and its
+    examples are read from disk when used (data.textfile.TextRecords), so a large corpus is not
+    held in memory; any other file gives the same list as `load_examples`."""
+    return _valid(read_file(Path(path)), path)
+
+
+def _valid(parsed: ParsedFile, path: Path | str) -> Sequence[Example]:
     errors = [issue for issue in parsed.issues if issue.severity == "error"]
     if errors:
         listing = "\n".join(f"  {issue}" for issue in errors)

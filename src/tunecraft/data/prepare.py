@@ -1,51 +1,64 @@
 """Turn the configured data files into tokenized train/validation sets (cached, split, recorded).
 
 `digests` holds each file's SHA-256: the run records it, and a resume on changed data is refused.
+
+A raw-text JSONL file is never held in memory: its examples are `textfile.TextRecords` (read
+from disk on demand), its tokens a `tokenstore.TokenView` over the on-disk cache, and the split,
+the windows and the counts here work on those views' index arrays. Every other file is lists,
+as before. Mixing several training files materializes their drawn examples (lists again).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunecraft.data import cache
-from tunecraft.data.render import IGNORE, TemplateMode, TokenizedExample, TokenizedPair, tokenize_sequences
+from tunecraft.data.render import IGNORE, TemplateMode, TokenizedExample, TokenizedPair, sequences, tokenize_sequences
 from tunecraft.data.schema import Example
-from tunecraft.data.split import split_indices
+from tunecraft.data.split import split_indices, split_ranked
+from tunecraft.data.textfile import TextRecords, split_keys
+from tunecraft.data.tokenstore import TokenView, tokenized_documents
 
 
 @dataclass
 class PreparedData:
-    train: list[TokenizedExample]  # preference data: TokenizedPair items
-    val: list[TokenizedExample]
-    train_examples: list[Example]
-    val_examples: list[Example]
+    train: Sequence[TokenizedExample]  # preference data: TokenizedPair items; raw-text JSONL: a TokenView
+    val: Sequence[TokenizedExample]
+    train_examples: Sequence[Example]  # raw-text JSONL: TextRecords (read on demand)
+    val_examples: Sequence[Example]
     split: dict[str, Any]  # how val was obtained (file, or seeded split with line numbers)
     digests: dict[str, str] = field(default_factory=dict)  # "train" / "val" -> file SHA-256
 
 
-def read_examples(path: Path) -> list[Example]:
-    """Validated examples of a file; raises DataError listing every error (PATH:LINE)."""
-    from tunecraft.data.loader import load_examples
+def read_examples(path: Path) -> Sequence[Example]:
+    """Validated examples of a file; raises DataError listing every error (PATH:LINE). Raw-text
+    JSONL streams: `TextRecords`, read from disk when used."""
+    from tunecraft.data.loader import stream_examples
 
-    return load_examples(path)
+    return stream_examples(path)
 
 
 def tokenize_file(
     path: Path,
-    examples: list[Example],
+    examples: Sequence[Example],
     tokenizer: Any,
     max_length: int | None,
     mode: TemplateMode,
     system_prompt: str | None,
     digest: str | None = None,
-) -> list[TokenizedExample]:
+) -> Sequence[TokenizedExample]:
     """Tokenize every example of `path`, reusing the on-disk cache when nothing changed.
 
-    `digest`: the file's SHA-256 when the caller already has it.
+    `digest`: the file's SHA-256 when the caller already has it. Streamed raw text
+    (`TextRecords`) is tokenized batch by batch into its own cache layout and comes back as a
+    `TokenView` that reads each document from disk when indexed.
     """
+    if isinstance(examples, TextRecords):
+        return tokenized_documents(examples, tokenizer, max_length, mode, system_prompt, digest)
     key = cache.cache_key(
         {
             "file": digest or cache.file_digest(path),
@@ -66,8 +79,9 @@ def tokenize_file(
     return cached
 
 
-def _val_file(path: Path, examples: list[Example] | None, tokenizer: Any, max_length: int | None,
-              mode: TemplateMode, system_prompt: str | None) -> tuple[list[TokenizedExample], list[Example], str]:
+def _val_file(path: Path, examples: Sequence[Example] | None, tokenizer: Any, max_length: int | None,
+              mode: TemplateMode, system_prompt: str | None
+              ) -> tuple[Sequence[TokenizedExample], Sequence[Example], str]:
     """A validation file's tokenized examples, its examples and its SHA-256."""
     examples = examples if examples is not None else read_examples(path)
     digest = cache.file_digest(path)
@@ -83,8 +97,8 @@ def prepare(
     system_prompt: str | None,
     val_fraction: float,
     seed: int,
-    train_examples: list[Example] | None = None,
-    val_examples: list[Example] | None = None,
+    train_examples: Sequence[Example] | None = None,
+    val_examples: Sequence[Example] | None = None,
 ) -> PreparedData:
     """Tokenize train (and val, or a seeded split of train)."""
     train_ex = train_examples if train_examples is not None else read_examples(train_path)
@@ -95,23 +109,47 @@ def prepare(
         val_tok, val_ex, digests["val"] = _val_file(val_path, val_examples, tokenizer, max_length, mode, system_prompt)
         split_file = {"kind": "file", "val": str(val_path)}
         return PreparedData(train_tok, val_tok, train_ex, val_ex, split_file, digests)
-    train_idx, val_idx = split_indices([e.key_text() for e in train_ex], val_fraction, seed)
+    train_idx, val_idx = split_examples(train_ex, val_fraction, seed)
+    lines = example_lines(train_ex)
     split = {
         "kind": "split",
         "source": str(train_path),
         "seed": seed,
         "fraction": val_fraction,
-        "train_lines": [train_ex[i].line for i in train_idx],
-        "val_lines": [train_ex[i].line for i in val_idx],
+        "train_lines": [lines[i] for i in train_idx],
+        "val_lines": [lines[i] for i in val_idx],
     }
-    return PreparedData(
-        [train_tok[i] for i in train_idx],
-        [train_tok[i] for i in val_idx],
-        [train_ex[i] for i in train_idx],
-        [train_ex[i] for i in val_idx],
-        split,
-        digests,
-    )
+    return PreparedData(pick(train_tok, train_idx), pick(train_tok, val_idx), pick(train_ex, train_idx),
+                        pick(train_ex, val_idx), split, digests)
+
+
+def split_examples(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """`split.split_indices` by each example's content; streamed raw text is ranked in one pass
+    over the file, keeping 48 bytes per document instead of its text."""
+    if isinstance(examples, TextRecords):
+        return split_ranked(*split_keys(examples, seed), fraction)
+    return split_indices([e.key_text() for e in examples], fraction, seed)
+
+
+def example_lines(examples: Sequence[Example]) -> list[int]:
+    """Each example's line number (streamed raw text: from its index, without reading it)."""
+    if isinstance(examples, TextRecords):
+        return examples.lines.tolist()
+    return [e.line for e in examples]
+
+
+def example_formats(examples: Sequence[Example]) -> list[str]:
+    """Each example's format (streamed raw text: all "text", without reading any)."""
+    if isinstance(examples, TextRecords):
+        return ["text"] * len(examples)
+    return [e.format for e in examples]
+
+
+def pick(items: Sequence[Any], indices: list[int]) -> Sequence[Any]:
+    """The items at `indices`: a list, or for an on-disk view (TokenView, TextRecords) a view."""
+    if isinstance(items, (TokenView, TextRecords)):
+        return items.subset(indices)
+    return [items[i] for i in indices]
 
 
 def source_role(k: int) -> str:
@@ -163,8 +201,8 @@ def prepare_sources(
     system_prompt: str | None,
     val_fraction: float,
     seed: int,
-    train_examples: list[list[Example]] | None = None,
-    val_examples: list[Example] | None = None,
+    train_examples: Sequence[Sequence[Example]] | None = None,
+    val_examples: Sequence[Example] | None = None,
 ) -> PreparedData:
     """`prepare` for one or several training files mixed by weight.
 
@@ -178,7 +216,8 @@ def prepare_sources(
                        train_examples[0] if train_examples else None, val_examples)
     parts = []
     for k, (path, weight) in enumerate(sources):
-        examples = train_examples[k] if train_examples else read_examples(path)
+        # A drawn epoch repeats and reorders examples: held as lists (streamed text read once).
+        examples = list(train_examples[k] if train_examples else read_examples(path))
         digest = cache.file_digest(path)
         tokens = tokenize_file(path, examples, tokenizer, max_length, mode, system_prompt, digest)
         if val_path is None:
@@ -264,11 +303,14 @@ def window_count(n_tokens: int, max_length: int, overlap: int) -> int:
     return 1 + -(-(n_tokens - max_length) // (max_length - overlap))
 
 
-def fit_length(items: list[TokenizedExample], examples: list[Example], max_length: int,
-               overlap: int) -> list[TokenizedExample]:
+def fit_length(items: Sequence[TokenizedExample], examples: Sequence[Example], max_length: int,
+               overlap: int) -> Sequence[TokenizedExample]:
     """Every item within `max_length`: raw-text documents split into windows (`windows`), any
     other example (a chat, a prompt and its completion, a preference pair) cut on the right,
-    since splitting it would separate an answer from its question."""
+    since splitting it would separate an answer from its question. Streamed raw text (a
+    `TokenView`) gives a view of its windows: no token is read here."""
+    if isinstance(items, TokenView):
+        return items.windowed(max_length, overlap)
     out: list = []
     for item, example in zip(items, examples, strict=True):
         if example.format == "text" and isinstance(item, TokenizedExample):
@@ -276,3 +318,34 @@ def fit_length(items: list[TokenizedExample], examples: list[Example], max_lengt
         else:
             out.extend(truncate([item], max_length))
     return out
+
+
+def sequence_lengths(items: Sequence[TokenizedExample]) -> list[int]:
+    """Tokens of every sequence (a preference pair's two), from the index of an on-disk view."""
+    if isinstance(items, TokenView):
+        return items.lengths().tolist()
+    return [len(e.input_ids) for e in sequences(items)]
+
+
+def text_lengths(items: Sequence[TokenizedExample], examples: Sequence[Example]) -> list[int]:
+    """Tokens of each raw-text document among `items` (what `windows` would split)."""
+    if isinstance(items, TokenView):
+        return items.lengths().tolist()
+    return [len(t.input_ids) for t, f in zip(items, example_formats(examples)) if f == "text"]
+
+
+def total_tokens(items: Sequence[TokenizedExample]) -> int:
+    """Tokens of all sequences (an on-disk view counts from its index)."""
+    if isinstance(items, TokenView):
+        return items.token_total()
+    return sum(len(e.input_ids) for e in sequences(items))
+
+
+def total_loss_tokens(items: Sequence[TokenizedExample]) -> int:
+    """Loss-bearing targets of all sequences (`count_loss_tokens`; an on-disk view counts from
+    its labels in chunks, building no item)."""
+    from tunecraft.data.batching import count_loss_tokens  # batching imports torch: only when counting
+
+    if isinstance(items, TokenView):
+        return items.loss_token_total()
+    return sum(count_loss_tokens(e) for e in sequences(items))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,8 +71,14 @@ class TokenizedPair:
         return self.chosen, self.rejected
 
 
-def sequences(items: list[TokenizedExample] | list[TokenizedPair]) -> list[TokenizedExample]:
-    """Every token sequence of a tokenized set (a pair is two), for counts and lengths."""
+def sequences(items: Sequence[TokenizedExample] | Sequence[TokenizedPair]) -> Sequence[TokenizedExample]:
+    """Every token sequence of a tokenized set (a pair is two), for counts and lengths. Raw text
+    read from the on-disk cache (a `tokenstore.TokenView`) is returned as it is: it holds no
+    pairs, and a list of it would hold the whole corpus in memory."""
+    from tunecraft.data.tokenstore import TokenView  # tokenstore builds on this module
+
+    if isinstance(items, TokenView):
+        return items
     return [s for item in items for s in (item.sequences if isinstance(item, TokenizedPair) else (item,))]
 
 
@@ -316,6 +323,23 @@ def _bos_prefix(tokenizer: Any, first_text: str) -> list[int]:
         return []
     probe = tokenizer("x", add_special_tokens=True)["input_ids"]
     return [tokenizer.bos_token_id] if probe and probe[0] == tokenizer.bos_token_id else []
+
+
+def tokenize_texts(tokenizer: Any, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of raw-text examples, exactly as `tokenize_example` makes them untruncated,
+    in one call of the tokenizer's batch API (a fast tokenizer encodes the batch in parallel,
+    and per-call overhead is paid once): how a large corpus is tokenized (data.tokenstore)."""
+    assert all(e.format == "text" for e in examples), "tokenize_texts takes raw-text examples"
+    texts = [raw_segments(tokenizer, e)[0][0] for e in examples]
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    bos = _bos_prefix(tokenizer, "")  # what the tokenizer would prepend; a text opening with BOS gets none
+    out = []
+    for text, ids in zip(texts, encoded, strict=True):
+        head = [] if tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token) else bos
+        out.append((head + ids, [IGNORE] * len(head) + ids))
+    return out
 
 
 def tokenize_segments(

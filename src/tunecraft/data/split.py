@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -19,15 +19,22 @@ def split_indices(keys: Sequence[str], fraction: float, seed: int) -> tuple[list
     Rows are ranked by a seeded hash of their content, so the split does not depend on file
     order and identical rows land on the same side (a duplicate can't leak across the split).
     """
-    n = len(keys)
+    return split_ranked([_rank(seed, k) for k in keys], keys, fraction)
+
+
+def split_ranked(ranks: Sequence[str | bytes], groups: Sequence[Hashable], fraction: float) -> tuple[list[int], list[int]]:
+    """`split_indices` from each row's rank and content group, computed by the caller: a streamed
+    raw-text file passes sha256 digests (bytes order as their hex does) and 16-byte content
+    digests instead of holding every text (see data.textfile.split_keys)."""
+    n = len(ranks)
     if n < 2:
         return list(range(n)), []
     n_val = min(n - 1, max(1, round(fraction * n)))
-    order = sorted(range(n), key=lambda i: (_rank(seed, keys[i]), i))
+    order = sorted(range(n), key=lambda i: (ranks[i], i))
     # Keep whole groups of identical keys together: extend the cut past equal keys.
     val_set: set[int] = set(order[:n_val])
-    val_keys = {keys[i] for i in val_set}
-    val_set |= {i for i in range(n) if keys[i] in val_keys}
+    val_groups = {groups[i] for i in val_set}
+    val_set |= {i for i in range(n) if groups[i] in val_groups}
     if len(val_set) >= n:  # everything identical: fall back to a plain cut
         val_set = set(order[:n_val])
     train = [i for i in range(n) if i not in val_set]

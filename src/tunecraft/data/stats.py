@@ -2,7 +2,8 @@
 
 Each example goes through `render.tokenize_sequences` (the model's tokenizer and chat template,
 the same loss mask as training; a preference pair counts both of its sequences), so the counts
-here are the counts training will see.
+here are the counts training will see. Streamed raw text (`textfile.TextRecords`) is tokenized
+into the cache entry training reads (`tokenstore`), and counted from that entry's index.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from jinja2 import TemplateError
 
 from tunecraft.data.prepare import window_overlap, windows
 from tunecraft.data.render import IGNORE, TemplateMode, tokenize_sequences
 from tunecraft.data.schema import Example, Issue
+from tunecraft.data.textfile import TextRecords
+from tunecraft.data.tokenstore import TokenView, tokenized_documents
 from tunecraft.errors import DataError
 
 MAX_LISTED = 10  # line numbers named in one message
@@ -63,6 +67,9 @@ def token_stats(
     """Statistics of `examples`; examples the template cannot render become `template_error`s.
     Raw-text documents longer than `max_length` count as the windows training makes of them
     (`overlap`: data.window_overlap, None for auto)."""
+    if isinstance(examples, TextRecords):  # untruncated, as training tokenizes: one cache entry for both
+        documents = tokenized_documents(examples, tokenizer, None, mode, system_prompt)
+        return document_stats(documents, max_length, window_overlap(max_length, overlap)), []
     lengths: list[int] = []
     tokens = loss = cut = 0
     split = made = 0
@@ -95,6 +102,23 @@ def token_stats(
         split_documents=split, windows=made, window_overlap=repeat if split else 0,
     )
     return stats, issues
+
+
+def document_stats(documents: TokenView, max_length: int, overlap: int) -> TokenStats:
+    """`token_stats` of raw-text documents on disk, from the entry's index (no token is read):
+    a document's windows together bear exactly its loss tokens (each once), and short ones are
+    counted whole, so per-document lengths and loss counts are all it takes."""
+    lengths = np.sort(documents.lengths())  # (D,) tokens per document
+    parts = documents.windowed(max_length, overlap)
+    split = int((lengths > max_length).sum())
+    ordered = lengths.tolist()
+    return TokenStats(
+        examples=len(documents), tokens=parts.token_total(),
+        loss_tokens=int(documents.store.loss[documents.docs].sum()),
+        p50=percentile(ordered, 50), p90=percentile(ordered, 90), p99=percentile(ordered, 99),
+        max=ordered[-1] if ordered else 0, max_length=max_length, too_long=0, tokens_cut=0,
+        split_documents=split, windows=len(parts) - (len(documents) - split), window_overlap=overlap if split else 0,
+    )
 
 
 def _count(ex: Example, tok: Any, max_length: int, sums: tuple[int, int, int], lengths: list[int],

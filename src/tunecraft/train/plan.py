@@ -16,14 +16,17 @@ import datetime as dt
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tunecraft.config import LoraConfig, RunConfig
-from tunecraft.data.batching import count_loss_tokens, steps_per_epoch
-from tunecraft.data.prepare import PreparedData, fit_length, prepare_sources, read_examples, window_count, window_overlap
-from tunecraft.data.render import TokenizedExample, sequences
+from tunecraft.data.batching import steps_per_epoch
+from tunecraft.data.prepare import (PreparedData, example_formats, fit_length, prepare_sources, read_examples,
+                                    sequence_lengths, text_lengths, total_loss_tokens, total_tokens, window_count,
+                                    window_overlap)
+from tunecraft.data.render import TokenizedExample
 from tunecraft.errors import ConfigError, DataError
 from tunecraft.models.facts import context_length, count_params, pick_device
 from tunecraft.models.load import load_tokenizer
@@ -82,8 +85,8 @@ class Plan:
     model: ResolvedModel
     tokenizer: Any
     data: PreparedData
-    train: list[TokenizedExample]  # truncated to max_length
-    val: list[TokenizedExample]
+    train: Sequence[TokenizedExample]  # truncated to max_length (raw-text JSONL: windows read from disk)
+    val: Sequence[TokenizedExample]
     n_params: int
     total_steps: int
     choices: tuple[auto.Choice, ...] = ()
@@ -101,11 +104,11 @@ class Plan:
 
     @property
     def train_tokens(self) -> int:
-        return sum(len(e.input_ids) for e in sequences(self.train))
+        return total_tokens(self.train)
 
     @property
     def train_loss_tokens(self) -> int:
-        return sum(count_loss_tokens(e) for e in sequences(self.train))
+        return total_loss_tokens(self.train)
 
     def with_run_dir(self, run_dir: Path) -> Plan:
         """The same plan writing to another run directory (config.yaml says so too)."""
@@ -226,8 +229,8 @@ def _resolve(cfg: RunConfig, n_params: int, data: PreparedData, context: int) ->
     if tc.max_steps is not None and tc.epochs is None:
         r.choose(tc.epochs, lambda: auto.epochs_for_steps(int(tc.max_steps or 0), len(data.train), int(tc.batch_size or 1)))
     r.choose(tc.epochs, lambda: auto.choose_epochs(len(data.train)))
-    raw_text = bool(data.train_examples) and all(e.format == "text" for e in data.train_examples)
-    r.choose(cfg.data.max_length, lambda: auto.choose_max_length([len(e.input_ids) for e in sequences(data.train)],
+    raw_text = bool(data.train_examples) and all(f == "text" for f in example_formats(data.train_examples))
+    r.choose(cfg.data.max_length, lambda: auto.choose_max_length(sequence_lengths(data.train),
                                                                  context, raw_text))
     r.choose(tc.micro_batch_size, lambda: auto.choose_micro_batch(int(tc.batch_size or 1), int(cfg.data.max_length or context), device.type,
                                                                   2 if tc.objective == "dpo" else 1))
@@ -293,7 +296,7 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
     clock = _Clock()
     check_paths(cfg)
     train_parts, val_ex = _validate_data(cfg)
-    check_objective(cfg, [e for part in train_parts for e in part], val_ex)
+    check_objective(cfg, [part[0] for part in train_parts if len(part)], val_ex)  # it reads the first example
     clock.lap("validate_s")
     model = resolve_model(cfg.model.name, on_status=on_status)  # converts a GGUF once, then cached
     tokenizer = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -334,7 +337,7 @@ def make_plan(cfg: RunConfig, on_status: Any = None) -> Plan:
         cfg.data.window_overlap = overlap
     train = fit_length(data.train, data.train_examples, max_len, overlap)
     val = fit_length(data.val, data.val_examples, max_len, overlap)
-    if sum(count_loss_tokens(e) for e in sequences(train)) == 0:
+    if total_loss_tokens(train) == 0:
         raise DataError("no example has a loss-bearing token left after truncation; raise --max-length")
     total = total_steps(float(cfg.train.epochs or 1.0), len(train), int(cfg.train.batch_size or 1), cfg.train.max_steps)
     choices += _resolve_cadence(cfg, total, len(val))
@@ -385,8 +388,8 @@ def _mix_choice(sources: list[dict[str, Any]]) -> auto.Choice:
 
 def _windows_choice(data: PreparedData, max_len: int, overlap: int, asked: int | None) -> auto.Choice | None:
     """What splitting long raw-text documents makes (None: no document is longer than max_len)."""
-    long = [len(t.input_ids) for t, e in zip(data.train + data.val, data.train_examples + data.val_examples)
-            if e.format == "text" and len(t.input_ids) > max_len]
+    lengths = text_lengths(data.train, data.train_examples) + text_lengths(data.val, data.val_examples)
+    long = [n for n in lengths if n > max_len]
     if not long:
         return None
     made = sum(window_count(n, max_len, overlap) for n in long)
