@@ -12,6 +12,7 @@ from rich.console import Console
 
 from tunecraft.config import describe, settings_help
 from tunecraft.errors import TunecraftError
+from tunecraft.out import escape, plain
 
 app = typer.Typer(
     help="Fine-tune a pre-trained language model on your data, prove it helped, and deploy it.",
@@ -214,7 +215,7 @@ def serve(
 
         extension = service_factory(data_dir, max_jobs, job_setting or [])
     run_server(
-        targets or [DEFAULT_MODEL], host, port, api_key, settings, on_status=err_console.print,
+        targets or [DEFAULT_MODEL], host, port, api_key, settings, on_status=plain(err_console),
         trust_remote_code=trust_remote_code, extension=extension,
     )
 
@@ -239,12 +240,12 @@ def export(
     from tunecraft.export import export_run
 
     result = export_run(
-        run_dir, fmt, out, dtype=dtype, gguf_type=gguf_type, overwrite=overwrite, on_status=err_console.print,
+        run_dir, fmt, out, dtype=dtype, gguf_type=gguf_type, overwrite=overwrite, on_status=plain(err_console),
         trust_remote_code=trust_remote_code,
     )
     for check in result.checks:
-        console.print(f"  [green]ok[/] {check}", highlight=False)
-    console.print(f"exported {result.format} to {result.path}", highlight=False)
+        console.print(f"  [green]ok[/] {escape(check)}", highlight=False)
+    console.print(f"exported {result.format} to {result.path}", markup=False, highlight=False)
 
 
 @app.command()
@@ -304,7 +305,7 @@ def eval_run(
         batch_size=batch_size, few_shot=few_shot, prompt_file=prompt_file, checkpoints=checkpoint,
         label_constraint=label_constraint, general=general,
     )
-    payload = evaluate_run(run_dir, opts, on_status=err_console.print)
+    payload = evaluate_run(run_dir, opts, on_status=plain(err_console))
     if as_json:
         print(json.dumps(payload, indent=1))
     else:
@@ -335,8 +336,8 @@ def sweep(
         on_variant=lambda i, n, v: console.rule(f"[bold]variant {i + 1}/{n}: {v.name}"),
     )
     console.print(sweep_table(result))
-    console.print(result["evidence"], highlight=False)
-    console.print(f"  sweep.json: {out_dir / 'sweep.json'}", highlight=False)
+    console.print(result["evidence"], markup=False, highlight=False)
+    console.print(f"  sweep.json: {out_dir / 'sweep.json'}", markup=False, highlight=False)
 
 
 jobs_app = typer.Typer(help="Fine-tuning jobs on a running `tunecraft serve --data-dir` (OpenAI's jobs API).",
@@ -367,7 +368,7 @@ def jobs_create(
     """Upload the data and create a fine-tuning job."""
     from tunecraft.service.client import create_job, job_line
 
-    console.print(job_line(create_job(_client(url, api_key), model, data, val, suffix, epochs, seed)), highlight=False)
+    console.print(job_line(create_job(_client(url, api_key), model, data, val, suffix, epochs, seed)), markup=False, highlight=False)
 
 
 @jobs_app.command("list")
@@ -380,7 +381,7 @@ def jobs_list(
     from tunecraft.service.client import job_line
 
     for job in _client(url, api_key).get(f"/fine_tuning/jobs?limit={limit}")["data"]:
-        console.print(job_line(job), highlight=False)
+        console.print(job_line(job), markup=False, highlight=False)
 
 
 @jobs_app.command("show")
@@ -399,7 +400,7 @@ def jobs_events(
 ) -> None:
     """Print a job's events, oldest first (validation, plan, steps, evaluations, verdict)."""
     for event in reversed(_client(url, api_key).get(f"/fine_tuning/jobs/{job_id}/events?limit={limit}")["data"]):
-        console.print(f"[dim]{event['level']:>5}[/] {event['message']}", highlight=False)
+        console.print(f"[dim]{event['level']:>5}[/] {escape(str(event['message']))}", highlight=False)
 
 
 @jobs_app.command("cancel")
@@ -408,7 +409,7 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="ftjob-...")], url: U
     """Cancel a job (a running one stops at its next step and keeps its last checkpoint)."""
     from tunecraft.service.client import job_line
 
-    console.print(job_line(_client(url, api_key).post_json(f"/fine_tuning/jobs/{job_id}/cancel", {})), highlight=False)
+    console.print(job_line(_client(url, api_key).post_json(f"/fine_tuning/jobs/{job_id}/cancel", {})), markup=False, highlight=False)
 
 
 def main() -> None:
@@ -416,7 +417,7 @@ def main() -> None:
     try:
         app()
     except TunecraftError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

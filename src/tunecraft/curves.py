@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunecraft import rundir
+from tunecraft.out import escape
 
 Status = Literal["healthy", "underfitting", "overfitting", "memorizing", "unknown"]
 
@@ -207,12 +208,12 @@ def run_verdict(run_dir: Path) -> Verdict:
 def print_verdict(verdict: dict[str, Any], console: Any) -> None:
     """The verdict's lines on a rich console (printed by `train` at the end and by `eval`)."""
     colour = {"healthy": "green", "underfitting": "yellow"}.get(verdict["status"], "red")
-    console.print(f"  [bold {colour}]{verdict['message']}[/]", highlight=False)
+    console.print(f"  [bold {colour}]{escape(verdict['message'])}[/]", highlight=False)
     rec = verdict.get("recommended") or {}
     if rec:
         console.print(f"  recommended: step {rec['step']} ({rec.get('checkpoint') or rec['path']}): "
-                      f"{rec['reason']}", highlight=False)
+                      f"{rec['reason']}", markup=False, highlight=False)
     if verdict.get("suggestions"):
-        console.print("  try: " + "; ".join(verdict["suggestions"]), highlight=False)
+        console.print("  try: " + "; ".join(verdict["suggestions"]), markup=False, highlight=False)
     for note in verdict.get("notes") or []:
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", markup=False, highlight=False)

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from tunecraft.errors import TunecraftError
+from tunecraft.out import escape, plain
 
 TEST_LIMIT = 60  # held-out examples scored in the demo (keeps it well under 10 minutes)
 SHOW = 3  # answers shown side by side
@@ -49,12 +50,12 @@ def compare(run_dir: Path, test_path: Path, console: Console) -> dict[str, Any]:
     from tunecraft.eval.show import print_eval
 
     opts = options_for(run_dir, test_path, limit=TEST_LIMIT, max_new_tokens=64, batch_size=16)
-    payload = evaluate_run(run_dir, opts, on_status=console.print)
+    payload = evaluate_run(run_dir, opts, on_status=plain(console))
     for case in payload["cases"][:SHOW]:
-        console.print(f"[bold]user:[/] {case['prompt']}", highlight=False)
+        console.print(f"[bold]user:[/] {escape(case['prompt'])}", highlight=False)
         for name, answer in case["answers"].items():
             mark = "[green]✓[/]" if case["correct"][name] else "[red]✗[/]"
-            console.print(f"  {mark} [dim]{name:>8}:[/] {answer}", highlight=False)
+            console.print(f"  {mark} [dim]{name:>8}:[/] {escape(str(answer))}", highlight=False)
     print_eval(payload, console)
     return payload
 

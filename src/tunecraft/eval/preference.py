@@ -155,4 +155,4 @@ def print_preference(payload: dict[str, Any], console: Any) -> None:
     for name, row in payload["systems"].items():
         table.add_row(name, *(cell(row, k) for k in keys))
     console.print(table)
-    console.print(f"curves: {payload['verdict']['status']}: {payload['verdict']['message']}", highlight=False)
+    console.print(f"curves: {payload['verdict']['status']}: {payload['verdict']['message']}", markup=False, highlight=False)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunecraft.curves import print_verdict
+from tunecraft.out import escape
 
 
 SHORT = {"accuracy": "acc", "token_f1": "F1"}  # column headers that fit an 80-column terminal
@@ -59,14 +60,14 @@ def print_eval(payload: dict[str, Any], console: Console) -> None:
     flips = comp["flips"]
     if flips.get("against"):
         console.print(f"  against {flips['against']}: tuning fixed {len(flips['fixed'])} and broke "
-                      f"{len(flips['broken'])} examples", highlight=False)
+                      f"{len(flips['broken'])} examples", markup=False, highlight=False)
     for line in task_lines(payload):
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", markup=False, highlight=False)
     print_verdict(payload["verdict"], console)
     ship = payload["ship"]
-    console.print(f"[bold {'green' if ship['ship'] else 'red'}]{ship['line']}[/]", highlight=False)
+    console.print(f"[bold {'green' if ship['ship'] else 'red'}]{escape(ship['line'])}[/]", highlight=False)
     if payload.get("report"):
-        console.print(f"  report: {payload['report']}", highlight=False)
+        console.print(f"  report: {payload['report']}", markup=False, highlight=False)
 
 
 def _pct(x: float | None) -> str:

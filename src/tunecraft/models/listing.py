@@ -16,6 +16,7 @@ from rich.table import Table
 from tunecraft import paths
 from tunecraft.models.convert import COMPLETE_MARKER, cache_key, is_complete
 from tunecraft.models.registry import KNOWN_MODELS, KnownModel, embedded_gguf_path
+from tunecraft.out import escape
 
 Row = dict[str, Any]
 
@@ -198,5 +199,5 @@ def print_models(rows: list[Row], console: Console) -> None:
     console.print(table)
     for row in rows:
         if row["fix"]:
-            console.print(f"{row['name']}: run [bold]{row['fix']}[/]", highlight=False)
+            console.print(f"{escape(row['name'])}: run [bold]{escape(row['fix'])}[/]", highlight=False)
     console.print("Any Hugging Face directory (safetensors) or .gguf file works too: --model PATH")

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from tunecraft.config import RunConfig, build_config, load_config
 from tunecraft.errors import ConfigError
+from tunecraft.out import plain
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -116,7 +117,7 @@ def run_train(
     if int(os.environ.get("RANK", "0")) != 0:
         console = Console(quiet=True)
     cfg = resolve_config(args, values, resume)
-    plan, rt = build(cfg, on_status=console.print, resume=resume)
+    plan, rt = build(cfg, on_status=plain(console), resume=resume)
     # On an error the process group is left as is: another rank may still be inside a
     # collective, and exiting (torchrun then stops the others) releases everything.
     if dry_run:
@@ -139,6 +140,6 @@ def run_train(
 
         # Closed-label tasks: labels.json, and the reject threshold from the delivered model on validation.
         record_labels(result.run_dir, plan.config, plan.data.train_examples, plan.data.val_examples,
-                      plan.model.path, on_status=console.print)
+                      plan.model.path, on_status=plain(console))
     print_outcome(result.summary, result.run_dir, console)
     return 130 if result.status == "interrupted" else 0

@@ -46,7 +46,7 @@ class Progress:
 
     def note(self, text: str) -> None:
         if self._bar is not None:
-            self._bar.console.print(f"  {text}")
+            self._bar.console.print(f"  {text}", markup=False, highlight=False)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunecraft.curves import print_verdict
+from tunecraft.out import escape
 from tunecraft.train.plan import Plan
 
 
@@ -49,12 +50,12 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
     if plan.timings:
         table.add_row("prepared", f"in {sum(plan.timings.values()):.1f} s ("
                       + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in plan.timings.items()) + ")")
-    table.add_row("run dir", str(plan.run_dir))
+    table.add_row("run dir", escape(str(plan.run_dir)))
     console.print(table)
     if plan.choices:
         console.print("[bold]auto settings[/] (override any with key=value):")
         for choice in plan.choices:
-            console.print(f"  {choice.field} = {choice.value}  [dim]# {choice.reason}[/]", highlight=False)
+            console.print(f"  {choice.field} = {escape(str(choice.value))}  [dim]# {escape(choice.reason)}[/]", highlight=False)
 
 
 def plan_json(plan: Plan, step_s: float | None = None, peak_bytes: int | None = None) -> dict[str, Any]:
