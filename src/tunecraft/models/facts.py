@@ -8,6 +8,7 @@ engine shards along the decoder layers found here.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,18 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters of a loaded model."""
+    """(trainable, total) parameters of a loaded model, 4-bit weights counted as the weights
+    they stand for."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(_weights_in(p) for p in model.parameters())
     return trainable, total
+
+
+def _weights_in(p: torch.Tensor) -> int:
+    """How many weights a parameter holds: a QLoRA (bitsandbytes 4-bit) weight packs two per
+    byte into a (n/2, 1) tensor and keeps its real shape in its quantization state."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else p.numel()
 
 
 def pick_device() -> torch.device:

@@ -22,7 +22,7 @@ import torch
 
 from tunecraft.config import build_config
 from tunecraft.errors import ConfigError
-from tunecraft.models.facts import unwrap
+from tunecraft.models.facts import parameter_counts, unwrap
 from tunecraft.models.load import load_model, load_peft
 from tunecraft.rundir import read_jsonl
 from tunecraft.train import lora, memory
@@ -164,6 +164,16 @@ def test_qlora_plan_counts_four_bit_weights(make_cfg: Any) -> None:
     model, _ = build_model(*build(make_cfg(**QLORA)))
     stored = sum(_four_bit_bytes(m) for m in _four_bit_layers(model).values())
     assert stored == pytest.approx(four_bit * memory.FOUR_BIT_BYTES, rel=0.05)
+
+
+def test_qlora_counts_the_weights_its_bytes_stand_for(make_cfg: Any) -> None:
+    """The run's "N of M parameters" line: 4-bit layers count as the weights they hold, not as
+    their packed bytes (half as many), so QLoRA and LoRA over the same model say the same M."""
+    qmodel, _ = build_model(*build(make_cfg(**QLORA)))
+    model, _ = build_model(*build(make_cfg(**{**QLORA, "lora.quantize": "none"})))
+    assert parameter_counts(qmodel) == parameter_counts(model)
+    packed = sum(p.numel() for p in qmodel.parameters())
+    assert packed < parameter_counts(qmodel)[1]  # what the count said before
 
 
 def _four_bit_bytes(layer: Any) -> int:
