@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runs import build_lora_run
-from tunecraft.constrained import LabelTrie, build_trie, label_token_ids, score_labels
+from tunecraft.constrained import LabelTrie, build_trie, label_token_ids, score_labels, shared_prefix
 from tunecraft.data.render import IGNORE, tokenize_example
 from tunecraft.data.schema import Example, Message
 from tunecraft.labels import LabelSet, calibrate
@@ -63,6 +63,29 @@ def test_exact_scores_match_a_forward_pass_per_label_and_sum_to_one(lm) -> None:
         scores = score_labels(module, prompts, trie, lm.device, margin=None)  # batched, packed into one row
     for prompt, s in zip(prompts, scores):
         assert sum(s.probs) == pytest.approx(1.0, abs=1e-9) and all(s.exact)
+        for i, seq in enumerate(trie.sequences):
+            assert s.logprobs[i] == pytest.approx(_brute_force(lm, prompt, seq), abs=1e-4)
+
+
+def test_the_shared_prefix_leaves_every_prompt_its_last_token() -> None:
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # a prompt inside another keeps its last token
+    assert shared_prefix([[7, 2], [1, 2]]) == 0 and shared_prefix([[5]]) == 0
+    assert shared_prefix([[1, 2, 3]]) == 2
+
+
+@pytest.mark.parametrize("case", ["chat", "no common start", "one prompt inside another"])
+def test_packing_a_shared_prefix_once_changes_no_score(lm, case: str) -> None:
+    """Prompts whose shared prefix is laid down once score as each prompt alone, in one forward
+    pass per label (the template's system prompt and header are what chat prompts share)."""
+    trie = lm.label_trie()
+    chat = [lm.chat_prompt([{"role": "system", "content": "Route the message to one intent label."},
+                            {"role": "user", "content": t}]) for t in TEXTS]
+    prompts = {"chat": chat, "no common start": [chat[1][3:], chat[0]],
+               "one prompt inside another": [chat[1][:9], chat[1], chat[1][:12]]}[case]
+    with lm.activate() as module:
+        scores = score_labels(module, prompts, trie, lm.device, margin=None)
+    for prompt, s in zip(prompts, scores):
         for i, seq in enumerate(trie.sequences):
             assert s.logprobs[i] == pytest.approx(_brute_force(lm, prompt, seq), abs=1e-4)
 
