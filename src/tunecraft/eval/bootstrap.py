@@ -70,3 +70,24 @@ def bootstrap_paired_diff(
     assert len(a) == len(b), "paired bootstrap needs one value per example from each system"
     diffs = [x - y for x, y in zip(a, b)]
     return bootstrap_mean(diffs, resamples, seed, confidence)
+
+
+def bootstrap_ratio(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """Interval of sum(numerators) / sum(denominators), resampling units (documents) whole: a
+    per-token mean whose tokens come in clusters of very different sizes."""
+    assert len(numerators) == len(denominators), "one numerator and one denominator per unit"
+    n, den = len(numerators), sum(denominators)
+    mean = sum(numerators) / den if den else 0.0
+    if n < 2:
+        return Interval(mean, mean, mean)
+    stats = []
+    for idx in _resample_indices(n, resamples, seed):
+        d = sum(denominators[i] for i in idx)
+        stats.append(sum(numerators[i] for i in idx) / d if d else 0.0)
+    return _interval(mean, stats, confidence)

@@ -49,7 +49,8 @@ def load_cases(path: Path, limit: int | None = None) -> list[EvalCase]:
     if not cases:
         raise DataError(
             f"{path}: no example with an assistant answer to compare against (raw text rows "
-            "cannot be scored by generation; use chat, prompt/completion or instruction rows)"
+            "cannot be scored by generation; a file of raw text only is scored by held-out loss; "
+            "use chat, prompt/completion or instruction rows)"
         )
     return cases[:limit] if limit else cases
 

@@ -36,6 +36,7 @@ from tunecraft.eval.classical import run_classical
 from tunecraft.eval.general import measure_general
 from tunecraft.eval.heldout import heldout_loss, tokenize_for
 from tunecraft.eval.preference import evaluate_preference_run, is_preference_file
+from tunecraft.eval.text import evaluate_text_run, is_text_file
 from tunecraft.eval.verdict import ship_verdict
 from tunecraft.labels import rejection_curve, rejection_point
 from tunecraft.serve.engine import LabelAnswer, LoadedModel, ModelCache, SamplingParams, classify, generate_chat, load_target
@@ -268,6 +269,12 @@ def evaluate_run(
     if is_preference_file(opts.data):  # preference pairs: scored, not generated (eval/preference.py)
         return evaluate_preference_run(run_dir, opts.data, opts.limit, status)
     info = read_run(run_dir)  # fails early, with the missing file named
+    if is_text_file(opts.data):  # raw documents: scored token by token, nothing generated (eval/text.py)
+        def general(base: LoadedModel | None, tuned: LoadedModel) -> Any:
+            return _general(info, {"tuned": tuned, **({"base": base} if base else {})}, opts, status)
+
+        return evaluate_text_run(run_dir, opts.data, opts.limit, opts.baselines, opts.batch_size, opts.resamples,
+                                 opts.seed, status, general if opts.general else None)
     cfg = rundir.read_config(run_dir)
     cases = load_cases(opts.data, opts.limit)
     train, why = _train_cases(run_dir, cfg)

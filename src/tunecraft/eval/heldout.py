@@ -25,6 +25,7 @@ class HeldoutLoss:
     perplexity: float
     token_accuracy: float
     tokens: int
+    per_example: tuple[tuple[float, int], ...] = ()  # (loss sum, loss tokens) per example, when asked
 
 
 def tokenize_for(lm: Any, examples: list[Example]) -> list[TokenizedExample]:
@@ -38,9 +39,12 @@ def tokenize_for(lm: Any, examples: list[Example]) -> list[TokenizedExample]:
 
 
 @torch.no_grad()
-def heldout_loss(lm: Any, examples: list[TokenizedExample], batch_size: int = 8) -> HeldoutLoss:
-    """Loss of `lm` (a serve.engine.LoadedModel: base or adapter selected) on tokenized examples."""
+def heldout_loss(lm: Any, examples: list[TokenizedExample], batch_size: int = 8,
+                 per_example: bool = False) -> HeldoutLoss:
+    """Loss of `lm` (a serve.engine.LoadedModel: base or adapter selected) on tokenized examples;
+    `per_example`: also each example's (loss sum, loss tokens), in order."""
     total, correct, count = 0.0, 0, 0
+    sums: list[tuple[float, int]] = []
     indices = list(range(len(examples)))
     with lm.activate() as module:
         was_training = module.training
@@ -48,12 +52,21 @@ def heldout_loss(lm: Any, examples: list[TokenizedExample], batch_size: int = 8)
         for batch in padded_batches(examples, indices, batch_size, lm.pad_token_id):
             batch = batch.to(lm.device)
             out = compute_loss(module, batch, "fast", with_accuracy=True)
+            if per_example:
+                sums += _example_sums(out, int(batch.input_ids.shape[0]))  # padded: a row per example
             total += float(out.loss_sum)
             correct += int(out.n_correct)
             count += batch.n_loss
         module.train(was_training)
     if count == 0:
-        return HeldoutLoss(math.nan, math.nan, math.nan, 0)
+        return HeldoutLoss(math.nan, math.nan, math.nan, 0, tuple(sums))
     mean = total / count
-    return HeldoutLoss(mean, math.exp(min(mean, 50.0)), correct / count, count)
+    return HeldoutLoss(mean, math.exp(min(mean, 50.0)), correct / count, count, tuple(sums))
+
+
+def _example_sums(out: Any, n_examples: int) -> list[tuple[float, int]]:
+    """(loss sum, loss tokens) of each example of a micro-batch; an example with no loss-bearing
+    token (fewer ids than examples) gets (0, 0)."""
+    got = list(zip(out.example_sums.tolist(), out.example_tokens.tolist()))
+    return got + [(0.0, 0)] * (n_examples - len(got))
 

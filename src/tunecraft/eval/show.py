@@ -47,6 +47,11 @@ def comparison_table(payload: dict[str, Any]) -> Table:
 
 
 def print_eval(payload: dict[str, Any], console: Console) -> None:
+    if payload.get("kind") == "text":  # raw documents: held-out loss, base against tuned
+        from tunecraft.eval.text import print_text
+
+        print_text(payload, console)
+        return
     if payload.get("kind") == "preference":  # a DPO run scored on held-out pairs
         from tunecraft.eval.preference import print_preference
 
