@@ -309,6 +309,28 @@ def test_compare_shows_every_baseline_with_intervals_flips_and_the_report(
     report.close()
 
 
+def test_compare_on_held_out_documents_shows_loss_per_system(
+        page: Any, labelled_job: str, server: ServiceProcess, tmp_path: Path) -> None:
+    """A test file of raw text is scored, not answered: the page shows each system's held-out
+    loss and perplexity and the tuned - base line, as eval.json has them."""
+    docs = tmp_path / "held-out-docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"card {i} arrived late and the fee was refunded " * (i + 1)}) + "\n"
+                            for i in range(6)), encoding="utf-8")
+    test_id = _upload(server, docs)
+    page.evaluate(f"location.hash = '#compare/{labelled_job}'")
+    page.wait_for_selector("#run-eval")
+    page.select_option("#test-file", test_id)
+    page.click("#run-eval")
+    page.wait_for_selector("p.muted:has-text('held-out documents')", timeout=300_000)
+    written = rundir.read_eval(server.data_dir / "jobs" / labelled_job / "run")
+    assert written["kind"] == "text" and written["examples"] == 6
+    rows = {r.split("\t")[0].strip(): r.split("\t")[1:] for r in page.locator("table.systems tbody tr").all_inner_texts()}
+    assert set(rows) == {"base", "tuned"}
+    for name in ("base", "tuned"):
+        assert rows[name][0] == f"{written['systems'][name]['loss']:.3f}"
+    assert page.inner_text("#ship") == written["ship"]["line"]
+
+
 def test_export_gives_the_files_and_the_commands_to_run_them(page: Any, labelled_job: str, server: ServiceProcess) -> None:
     page.evaluate(f"location.hash = '#export/{labelled_job}'")
     page.wait_for_selector("#export-merged")

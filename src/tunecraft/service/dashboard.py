@@ -63,8 +63,8 @@ HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", 
 SHOWN_EXAMPLES = 2
 PLAN_TIMEOUT_S = 600.0
 EXPORT_FORMATS = ("adapter", "merged", "gguf")
-EVAL_SUMMARY_KEYS = ("examples", "main_metric", "answer_kind", "systems", "comparison", "verdict", "ship", "prompt",
-                     "data_stats")
+EVAL_SUMMARY_KEYS = ("kind", "examples", "main_metric", "answer_kind", "systems", "comparison", "verdict", "ship",
+                     "prompt", "data_stats")
 
 
 def _names(service: Service, *file_ids: str | None) -> dict[str, str]:

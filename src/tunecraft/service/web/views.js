@@ -339,7 +339,20 @@ async function evalForm(id, run) {
   h("div.grid", {}, field("Test file", test), field("Examples (limit)", limit)), go);
 }
 
+// Held-out raw text (eval/text.py): loss per token under base and tuned, nothing generated.
+function renderTextEval(ev) {
+  const rows = Object.entries(ev.systems).map(([name, s]) => h("tr", {}, h("td.name", {}, name),
+    [fixed3(s.loss), num(s.perplexity, 2), fixed3(s.token_accuracy), num(s.tokens), num(s.windows)].map((c) => h("td", {}, c))));
+  return [
+    h(`p.verdict.${ev.ship && ev.ship.ship ? "ok" : "bad"}#ship`, {}, ev.ship ? ev.ship.line : ""),
+    ev.verdict ? h("p.muted", {}, `Curves: ${ev.verdict.message}`) : null,
+    h("p.muted", {}, `${ev.examples} held-out documents${ev.test_file ? ` from ${ev.test_file.filename}` : ""}; every token scored.`),
+    table(["system", "held-out loss", "perplexity", "token accuracy", "tokens", "windows"], rows, "systems stack"),
+  ].filter(Boolean);
+}
+
 function renderEval(ev, id) {
+  if (ev.kind === "text") return renderTextEval(ev);
   const metric = ev.main_metric;
   const cl = ev.classical; // closed-label tasks: TF-IDF + logistic regression on the training file
   const row = (name, ...cells) => h("tr", {}, h("td.name", {}, name), cells.map((c) => h("td", {}, c)));
