@@ -32,11 +32,11 @@ from tunecraft.durable import DiskFullError, disk_full
 from tunecraft.errors import TunecraftError
 from tunecraft.models.facts import parameter_counts, unwrap
 from tunecraft.models.load import load_model
-from tunecraft.train import attention, dpo, linear, schedule
+from tunecraft.train import attention, dpo, linear, memory, schedule
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.deliver import save_deliverable
-from tunecraft.train.lora import apply_lora, four_bit_config
+from tunecraft.train.lora import apply_lora, four_bit_config, merge_bytes, merged_for_eval
 from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, set_lr
 from tunecraft.train.plan import Plan, TrainSettings, Warmup, checkpoint_bytes, fit_budget, make_plan
@@ -773,7 +773,7 @@ def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] 
     batches = micro_batches(plan, mine, plan.val, s.micro_batch_size * EVAL_BATCH_FACTOR)
     sums: list[tuple[float, int]] = []  # (loss sum, loss tokens) per example
     correct = 0
-    with _autocast(rt, s.method):
+    with _autocast(rt, s.method), merged_for_eval(model, _merge_for_eval(plan, rt, model)):
         for batch in rt.dist.micro_batches(batches):
             out = rt.dist.loss(model, batch.to(rt.device), s.engine, with_accuracy=True)
             if out.example_sums is not None and out.example_tokens is not None:
@@ -783,6 +783,17 @@ def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] 
     total, correct, count = rt.dist.sum([total, correct, count])
     model.train(was_training)
     return _sft_result(float(total), int(count), int(correct), len(chosen), tuple(sums), rt.world_size == 1)
+
+
+def _merge_for_eval(plan: Plan, rt: Runtime, model: Any) -> bool:
+    """Whether a LoRA evaluation runs on merged weights (`lora.merged_for_eval`): one process
+    (a wrapped or sharded model keeps its own copies), no compiled layers (a swapped weight
+    would recompile them), and room for one copy of the adapted weights beside the step's peak."""
+    s = plan.settings
+    if s.method != "lora" or rt.world_size > 1 or s.compile:
+        return False
+    room = memory.HEADROOM * memory.device_bytes(rt.device) - (plan.memory.total if plan.memory else 0)
+    return merge_bytes(model) <= room
 
 
 def _sft_result(total: float, count: int, correct: int, examples: int, sums: tuple[tuple[float, int], ...],
