@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunecraft.hardware import cpu_info, physical_cores
+from tunecraft.out import escape
 
 Level = Literal["ok", "info", "warn", "fail"]
 
@@ -187,7 +188,7 @@ def print_checks(checks: list[Check], console: Console) -> None:
     table.add_column("Check", no_wrap=True)
     table.add_column("Found", overflow="fold")
     for check in checks:
-        table.add_row(f"[{_STYLE[check.level]}]{check.level}[/]", check.name, check.value)
+        table.add_row(f"[{_STYLE[check.level]}]{check.level}[/]", escape(check.name), escape(str(check.value)))
     console.print(table)
     for check in checks:
         if check.fix:

@@ -50,3 +50,14 @@ def test_a_verdict_and_progress_notes_holding_markup_print_literally() -> None:
     with Progress(4, 0, enabled=True, console=console) as progress:
         progress.note("step 1: [/] val loss")
     assert "step 1: [/] val loss" in buf.getvalue()
+
+
+
+def test_a_data_file_whose_name_holds_markup_keeps_it_in_the_token_table(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tunecraft.data.check import _stats_table, check_data
+
+    data = tmp_path / "support[red]v2.jsonl"
+    data.write_text('{"text": "a short document"}\n{"text": "another one"}\n', encoding="utf-8")
+    console, buf = _console()
+    console.print(_stats_table(check_data(data, model=str(tiny_model_dir))))
+    assert "support[red]v2.jsonl" in buf.getvalue()

@@ -24,6 +24,7 @@ from tunecraft.data.schema import Format, Issue
 from tunecraft.data.stats import TokenStats, length_issues, token_stats
 from tunecraft.data.textfile import read_file
 from tunecraft.errors import ConfigError
+from tunecraft.out import escape
 
 # Below this many training examples fine-tuning rarely changes behaviour reliably; OpenAI's
 # fine-tuning guide asks for at least 10 and sees clear gains from 50-100 well-made examples.
@@ -187,11 +188,11 @@ def _print_issues(issues: list[Issue], console: Console) -> None:
 
 
 def _stats_table(report: CheckReport) -> Table:
-    table = Table(title=f"Tokens ({report.model}, max length {report.max_length})",
+    table = Table(title=f"Tokens ({escape(str(report.model))}, max length {report.max_length})",
                   title_justify="left")
     table.add_column("")
     for f in report.files:
-        table.add_column(f"{f.role}: {Path(f.path).name}", justify="right")
+        table.add_column(f"{f.role}: {escape(Path(f.path).name)}", justify="right")
     rows: list[tuple[str, Callable[[FileReport], str]]] = [
         ("format", lambda f: f.format or "-"),
         ("examples", lambda f: f"{f.examples:,}"),

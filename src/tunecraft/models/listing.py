@@ -195,7 +195,7 @@ def print_models(rows: list[Row], console: Console) -> None:
         name = row["name"] + ("\n(default)" if row["default"] else "")
         mark = "[green]yes[/]" if row["available"] else "[yellow]no[/]"
         local = f"{mark}, {row['status']}"
-        table.add_row(name, _human_params(row["params"]), _size_cell(row), row["source"], local)
+        table.add_row(escape(name), _human_params(row["params"]), _size_cell(row), escape(str(row["source"])), local)
     console.print(table)
     for row in rows:
         if row["fix"]:

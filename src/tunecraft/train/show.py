@@ -29,7 +29,7 @@ def print_plan(plan: Plan, console: Console, trainable: int | None = None, step_
     table = Table(title="training plan", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("model", f"{s.base_model} ({plan.n_params / 1e6:.1f}M parameters) at {plan.model.path}")
+    table.add_row("model", escape(f"{s.base_model} ({plan.n_params / 1e6:.1f}M parameters) at {plan.model.path}"))
     dpo = f", DPO on preference pairs (beta {s.dpo_beta:g})" if s.objective == "dpo" else ""
     table.add_row("method", s.method + dpo + (f", {trainable:,} trainable parameters" if trainable else ""))
     table.add_row("data", f"{len(plan.train)} train / {len(plan.val)} validation examples "
