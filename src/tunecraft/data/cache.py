@@ -58,7 +58,6 @@ def entry_path(key: str) -> Path:
     return paths.data_cache_dir() / f"{key}.safetensors"
 
 
-
 def load_cached(key: str) -> list[TokenizedExample] | None:
     """The cached examples of `key`, or None when there is no usable entry (it is rebuilt)."""
     path = entry_path(key)

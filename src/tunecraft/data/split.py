@@ -9,8 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def _rank(seed: int, key: str) -> str:
-    return hashlib.sha256(f"{seed}|{key}".encode("utf-8")).hexdigest()
+def rank(seed: int, key: str) -> bytes:
+    """A row's place in the seeded split order: sha256 of "seed|content"."""
+    return hashlib.sha256(f"{seed}|{key}".encode("utf-8")).digest()
 
 
 def split_indices(keys: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -19,13 +20,13 @@ def split_indices(keys: Sequence[str], fraction: float, seed: int) -> tuple[list
     Rows are ranked by a seeded hash of their content, so the split does not depend on file
     order and identical rows land on the same side (a duplicate can't leak across the split).
     """
-    return split_ranked([_rank(seed, k) for k in keys], keys, fraction)
+    return split_ranked([rank(seed, k) for k in keys], keys, fraction)
 
 
-def split_ranked(ranks: Sequence[str | bytes], groups: Sequence[Hashable], fraction: float) -> tuple[list[int], list[int]]:
-    """`split_indices` from each row's rank and content group, computed by the caller: a streamed
-    raw-text file passes sha256 digests (bytes order as their hex does) and 16-byte content
-    digests instead of holding every text (see data.textfile.split_keys)."""
+def split_ranked(ranks: Sequence[bytes], groups: Sequence[Hashable], fraction: float) -> tuple[list[int], list[int]]:
+    """`split_indices` from each row's `rank` and content group, computed by the caller: a streamed
+    raw-text file passes 16-byte content digests as groups instead of holding every text (see
+    data.textfile.split_keys)."""
     n = len(ranks)
     if n < 2:
         return list(range(n)), []

@@ -15,7 +15,6 @@ it with `formats.parse_file` as before, so those results are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from tunecraft.data.dedup import text_key
 from tunecraft.data.formats import ParsedFile, mixed_format_issues, parse_file, parse_json_line, parses_alone
 from tunecraft.data.reader import Line, data_suffix, open_data, read_line_at, stream_lines
 from tunecraft.data.schema import Example, Format, Issue
+from tunecraft.data.split import rank
 from tunecraft.errors import DataError
 
 
@@ -156,6 +156,6 @@ def split_keys(records: Sequence[Example], seed: int) -> tuple[list[bytes], list
     ranks, groups = [], []
     for example in records:
         key = example.key_text()
-        ranks.append(hashlib.sha256(f"{seed}|{key}".encode("utf-8")).digest())
+        ranks.append(rank(seed, key))
         groups.append(text_key(key))
     return ranks, groups

@@ -7,6 +7,7 @@ Also reads back which rows trained a run (`data/split.json`), for few-shot examp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,11 @@ def case_from_example(example: Example) -> EvalCase | None:
     return EvalCase(prompt, msgs[last]["content"], f"{example.path}:{example.line}")
 
 
-def load_cases(path: Path, limit: int | None = None) -> list[EvalCase]:
-    """Cases of a test file (the first `limit` answerable rows); raises DataError when none."""
-    cases = [c for c in (case_from_example(e) for e in load_examples(path)) if c is not None]
+def load_cases(path: Path, limit: int | None = None, examples: Sequence[Example] | None = None) -> list[EvalCase]:
+    """Cases of a test file (the first `limit` answerable rows; `examples`: the file's, when the
+    caller has read it already); raises DataError when none."""
+    rows = examples if examples is not None else load_examples(path)
+    cases = [c for c in (case_from_example(e) for e in rows) if c is not None]
     if not cases:
         raise DataError(
             f"{path}: no example with an assistant answer to compare against (raw text rows "

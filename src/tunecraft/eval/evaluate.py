@@ -26,6 +26,7 @@ from typing import Any
 from tunecraft import rundir
 from tunecraft.config import RunConfig
 from tunecraft.curves import Verdict, run_verdict
+from tunecraft.data.loader import load_examples
 from tunecraft.errors import ConfigError
 from tunecraft.eval import metrics as M
 from tunecraft.eval.baselines import PromptSpec, build_prompt
@@ -35,8 +36,8 @@ from tunecraft.eval.checkpoints import find_checkpoint, materialize
 from tunecraft.eval.classical import run_classical
 from tunecraft.eval.general import measure_general
 from tunecraft.eval.heldout import heldout_loss, tokenize_for
-from tunecraft.eval.preference import evaluate_preference_run, is_preference_file
-from tunecraft.eval.text import evaluate_text_run, is_text_file
+from tunecraft.eval.preference import are_pairs, evaluate_preference_run
+from tunecraft.eval.text import all_text, evaluate_text_run
 from tunecraft.eval.verdict import ship_verdict
 from tunecraft.labels import rejection_curve, rejection_point
 from tunecraft.serve.engine import LabelAnswer, LoadedModel, ModelCache, SamplingParams, classify, generate_chat, load_target
@@ -266,17 +267,18 @@ def evaluate_run(
     status = on_status or (lambda _msg: None)
     run_dir = Path(run_dir)
     opts.check()
-    if is_preference_file(opts.data):  # preference pairs: scored, not generated (eval/preference.py)
-        return evaluate_preference_run(run_dir, opts.data, opts.limit, status)
+    examples = load_examples(opts.data)  # read once: its format decides how it is scored
+    if are_pairs(examples):  # preference pairs: scored, not generated (eval/preference.py)
+        return evaluate_preference_run(run_dir, opts.data, examples, opts.limit, status)
     info = read_run(run_dir)  # fails early, with the missing file named
-    if is_text_file(opts.data):  # raw documents: scored token by token, nothing generated (eval/text.py)
+    if all_text(examples):  # raw documents: scored token by token, nothing generated (eval/text.py)
         def general(base: LoadedModel | None, tuned: LoadedModel) -> Any:
             return _general(info, {"tuned": tuned, **({"base": base} if base else {})}, opts, status)
 
-        return evaluate_text_run(run_dir, opts.data, opts.limit, opts.baselines, opts.batch_size, opts.resamples,
+        return evaluate_text_run(run_dir, opts.data, examples, opts.limit, opts.baselines, opts.batch_size, opts.resamples,
                                  opts.seed, status, general if opts.general else None)
     cfg = rundir.read_config(run_dir)
-    cases = load_cases(opts.data, opts.limit)
+    cases = load_cases(opts.data, opts.limit, examples)
     train, why = _train_cases(run_dir, cfg)
     kind = M.detect_kind([c.reference for c in train] + [c.reference for c in cases])
     spec = _prompt_spec(opts, train, why, kind) if "prompted" in opts.baselines else None

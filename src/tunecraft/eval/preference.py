@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,14 @@ import torch.nn.functional as F
 
 from tunecraft import rundir
 from tunecraft.curves import run_verdict
-from tunecraft.data.loader import load_examples
 from tunecraft.data.pairs import padded_pair_batch
 from tunecraft.data.render import TokenizedPair, tokenize_pair
 from tunecraft.data.schema import Example
 from tunecraft.train.dpo import sequence_logps
 
 
-def is_preference_file(path: Path | str) -> bool:
-    """Whether a data file holds preference pairs (its examples' format)."""
-    examples = load_examples(path)
+def are_pairs(examples: Sequence[Example]) -> bool:
+    """Whether a data file's examples are preference pairs (a file holds one format)."""
     return bool(examples) and examples[0].format == "preference"
 
 
@@ -106,7 +104,7 @@ def compare(tuned: Any, base: Any, examples: list[Example], beta: float) -> dict
     return {"base": preference_metrics(ref, None, beta), "tuned": preference_metrics(policy, ref, beta)}
 
 
-def evaluate_preference_run(run_dir: Path, data: Path, limit: int | None,
+def evaluate_preference_run(run_dir: Path, data: Path, examples: Sequence[Example], limit: int | None,
                             on_status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`tunecraft eval RUN --data PAIRS`: base vs tuned on held-out pairs; writes eval.json."""
     from tunecraft.serve.engine import ModelCache, load_target
@@ -114,7 +112,7 @@ def evaluate_preference_run(run_dir: Path, data: Path, limit: int | None,
     status = on_status or (lambda _msg: None)
     info = rundir.read_run(run_dir)
     cfg = rundir.read_config(run_dir)
-    examples = load_examples(data)[:limit] if limit else load_examples(data)
+    examples = list(examples[:limit] if limit else examples)
     cache = ModelCache()
     status(f"scoring {len(examples)} pairs with the tuned model and the base model")
     tuned = load_target(str(run_dir), cache=cache)

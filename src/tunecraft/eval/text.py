@@ -19,16 +19,14 @@ from typing import Any
 
 from tunecraft import rundir
 from tunecraft.curves import run_verdict
-from tunecraft.data.loader import load_examples
 from tunecraft.data.schema import Example
 from tunecraft.eval.bootstrap import bootstrap_ratio
 from tunecraft.eval.heldout import heldout_loss, tokenize_for
 from tunecraft.out import escape
 
 
-def is_text_file(path: Path | str) -> bool:
+def all_text(examples: Sequence[Example]) -> bool:
     """Whether every example of a data file is raw text (nothing to generate, only to score)."""
-    examples = load_examples(path)
     return bool(examples) and all(e.format == "text" for e in examples)
 
 
@@ -78,10 +76,12 @@ def verdict_line(systems: dict[str, dict[str, Any]], diff: dict[str, Any] | None
             f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] nats/token, {where}")
 
 
-def evaluate_text_run(run_dir: Path, data: Path, limit: int | None, baselines: Sequence[str], batch_size: int,
-                      resamples: int, seed: int, on_status: Callable[[str], None] | None = None,
+def evaluate_text_run(run_dir: Path, data: Path, examples: Sequence[Example], limit: int | None,
+                      baselines: Sequence[str], batch_size: int, resamples: int, seed: int,
+                      on_status: Callable[[str], None] | None = None,
                       general: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
-    """`tunecraft eval RUN --data DOCS.jsonl` for raw text; writes eval.json and returns it.
+    """`tunecraft eval RUN --data DOCS.jsonl` for raw text (`examples`: that file's); writes
+    eval.json and returns it.
 
     `general(base, tuned)`: the general-abilities check (evaluate.py's), when asked for.
     """
@@ -89,7 +89,6 @@ def evaluate_text_run(run_dir: Path, data: Path, limit: int | None, baselines: S
 
     status = on_status or (lambda _msg: None)
     info = rundir.read_run(run_dir)
-    examples = load_examples(data)
     examples = examples[:limit] if limit else examples
     cache = ModelCache()
     tuned = load_target(str(run_dir), name="tuned", cache=cache)
@@ -101,6 +100,7 @@ def evaluate_text_run(run_dir: Path, data: Path, limit: int | None, baselines: S
            + ("the base and the tuned model" if base is not None else "the tuned model"))
     systems, diff = compare_text(tuned, base, examples, batch_size, resamples, seed)
     checked = general(base, tuned) if general is not None else None
+    line = verdict_line(systems, diff)
     payload = {
         "kind": "text",
         "run_dir": str(run_dir),
@@ -108,8 +108,7 @@ def evaluate_text_run(run_dir: Path, data: Path, limit: int | None, baselines: S
         "examples": len(examples),
         "systems": systems,
         "comparison": diff,
-        "line": verdict_line(systems, diff),
-        "ship": {"ship": bool(diff and diff.get("better")), "line": verdict_line(systems, diff)},
+        "ship": {"ship": bool(diff and diff.get("better")), "line": line},
         "verdict": run_verdict(run_dir).to_json(),
         "general": checked.to_json() if checked is not None else None,
     }

@@ -18,7 +18,7 @@ from tunecraft.cli import app
 from tunecraft.data.loader import load_examples
 from tunecraft.eval.bootstrap import bootstrap_ratio
 from tunecraft.eval.heldout import tokenize_for
-from tunecraft.eval.text import compare_text, document_sums, is_text_file
+from tunecraft.eval.text import all_text, compare_text, document_sums
 from tunecraft.serve.engine import load_target
 
 WORDS = ["ledger", "river", "the", "of", "a", "bank", "loan", "rate", "stone", "and"]
@@ -54,7 +54,7 @@ def _by_hand(lm, examples) -> tuple[float, int]:
 
 def test_short_documents_score_as_one_forward_each(run: Path, tmp_path: Path) -> None:
     data = _docs(tmp_path / "docs.jsonl", [5, 12, 30, 8])
-    assert is_text_file(data)
+    assert all_text(load_examples(data))
     lm = load_target(str(run))
     metrics, sums = document_sums(lm, load_examples(data), batch_size=3)
     total, count = _by_hand(lm, load_examples(data))
