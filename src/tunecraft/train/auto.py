@@ -18,7 +18,9 @@ from tunecraft.train.runtime import local_world_size
 
 LORA_MIN_PARAMS = 50_000_000  # below this, full fine-tuning is cheap and usually better
 EVAL_MIN_EXAMPLES = 32  # a validation loss on fewer examples is mostly noise
-EVAL_SHARE = 0.05  # of the steps' compute: what all intermediate evaluations together may cost
+# Of the steps' compute: what all validation of a run may cost, the periodic evaluations and the
+# full pass at the end together (with checkpoints, issue #19's bound is 10% of the run).
+VAL_SHARE = 0.05
 FORWARD_SHARE = 1 / 3  # an evaluated example costs about a third of a trained one (forward only)
 EVAL_MAX_COUNT, EVAL_MIN_COUNT = 10, 3  # a curve of fewer than 3 points shows no turn
 
@@ -124,33 +126,59 @@ def _share_note(forward_share: float) -> str:
     return f"; an evaluated example measured at {forward_share:.2f} of a trained one"
 
 
+def validation_budget(trained_examples: int, forward_share: float = FORWARD_SHARE) -> float:
+    """How many validation examples a run may evaluate in all (the periodic evaluations and the
+    full pass at the end together): VAL_SHARE of the steps' compute."""
+    return VAL_SHARE / forward_share * trained_examples
+
+
+def validation_cost(n_val: int, n_evals: int, per_eval: int) -> int:
+    """Validation examples a run evaluates: each evaluation's subsample, and at the end the full
+    pass, into which the last evaluation's subsample merges (it is not run twice)."""
+    if per_eval >= n_val:
+        return n_evals * n_val
+    return max(0, n_evals - 1) * per_eval + n_val
+
+
 def choose_eval_every(total_steps: int, trained_examples: int, n_val: int,
                       forward_share: float = FORWARD_SHARE) -> Choice:
-    """About 10 evaluations, fewer when 10 of at least 32 examples each would cost more than
-    ~5% of the steps (a 1,000-example run affords 4); never fewer than 3. `forward_share`: what
-    an evaluated example costs against a trained one (measured in a budget's warm-up)."""
+    """About 10 evaluations, fewer when 10 of at least 32 examples each and the full pass at the
+    end would cost more than ~5% of the steps (a 1,000-example run with 300 validation examples
+    affords the fewest: 3); never fewer than 3. `forward_share`: what an evaluated example costs
+    against a trained one (measured in a budget's warm-up)."""
     per_eval = min(n_val, EVAL_MIN_EXAMPLES) or 1
-    affordable = int(EVAL_SHARE / forward_share * trained_examples / per_eval)
+    budget = validation_budget(trained_examples, forward_share)
+    if per_eval >= n_val:  # every evaluation is a full pass; none follows at the end
+        affordable = int(budget / per_eval)
+    else:
+        affordable = int((budget - n_val) / per_eval) + 1 if budget >= n_val else 0
     count = min(total_steps, max(EVAL_MIN_COUNT, min(EVAL_MAX_COUNT, affordable)))
     value = max(1, math.ceil(total_steps / max(1, count)))
     if affordable >= EVAL_MAX_COUNT:
         return Choice("train.eval_every", value, f"about {EVAL_MAX_COUNT} evaluations over {total_steps} steps")
+    final = f" and the full pass over {n_val} at the end" if per_eval < n_val else ""
     return Choice("train.eval_every", value, f"{count} evaluations over {total_steps} steps: more, at "
-                  f"{per_eval} examples each, would cost over {EVAL_SHARE:.0%} of the steps"
+                  f"{per_eval} examples each{final}, would cost over {VAL_SHARE:.0%} of the steps"
                   f"{_share_note(forward_share)}")
 
 
 def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int,
                          forward_share: float = FORWARD_SHARE) -> Choice:
-    """A fixed validation subsample whose forward passes (~1/3 of a training step's compute per
-    example unless measured) total ~5% of training over all evaluations; never fewer than 32."""
-    budget = int(EVAL_SHARE / forward_share * trained_examples / max(1, n_evals))
-    value = min(n_val, max(EVAL_MIN_EXAMPLES, budget))
+    """A fixed validation subsample such that the evaluations and the full pass at the end
+    together cost ~5% of the steps' compute (an evaluated example ~1/3 of a trained one unless
+    measured); never fewer than 32 examples, all of them when that fits."""
+    budget = validation_budget(trained_examples, forward_share)
+    if n_evals <= 1 or n_evals * n_val <= budget:
+        value = n_val
+    else:
+        value = min(n_val, max(EVAL_MIN_EXAMPLES, int((budget - n_val) / (n_evals - 1))))
     if value == n_val:
         return Choice("train.eval_examples", value, f"all {n_val} validation examples at each evaluation")
-    return Choice("train.eval_examples", value, f"{value} of {n_val} validation examples per evaluation "
-                  f"(~5% of the compute over {n_evals} evaluations{_share_note(forward_share)}); "
-                  f"all {n_val} at the end")
+    over = (f"; the full pass alone costs about {VAL_SHARE:.0%}, so the evaluations take the fewest examples"
+            if budget < validation_cost(n_val, n_evals, EVAL_MIN_EXAMPLES) else "")
+    return Choice("train.eval_examples", value, f"{value} of {n_val} validation examples per evaluation, "
+                  f"all {n_val} at the end (~{VAL_SHARE:.0%} of the compute over {n_evals} evaluations and "
+                  f"the full pass{_share_note(forward_share)}){over}")
 
 
 def choose_save_every() -> Choice:

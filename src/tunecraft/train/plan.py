@@ -442,18 +442,27 @@ def _budget_steps(plan: Plan, warm: Warmup) -> tuple[int, str]:
     """How many optimizer steps fit in the budget, and the arithmetic behind it."""
     s, budget = plan.settings, float(plan.settings.time_budget_s or 0.0)
     forward_per_example = warm.step_s / max(1, s.batch_size) * warm.forward_share(s.batch_size)
-    final_val_s = len(plan.val) * forward_per_example  # the full pass at the end
     checkpoint_s = warm.state_bytes / WRITE_BYTES_PER_S
-    fixed = warm.spent_s + warm.load_s + final_val_s + checkpoint_s + BUDGET_MARGIN * budget
+    fixed = warm.spent_s + warm.load_s + checkpoint_s + BUDGET_MARGIN * budget
     # Periodic checkpoints come on top, one per save_interval_s (none when save_every is set).
-    per_step = warm.step_s * (1 + auto.EVAL_SHARE)
+    per_step = warm.step_s
     if s.save_every is None:
         per_step += warm.step_s * checkpoint_s / s.save_interval_s
-    steps = int((budget - fixed) // per_step)
+    # Validation (the evaluations and the full pass at the end) takes VAL_SHARE of the steps'
+    # time, unless its least (the full pass and the fewest evaluations) costs more.
+    steps = int((budget - fixed) // (per_step + auto.VAL_SHARE * warm.step_s))
+    n_val = len(plan.val)
+    least_val_s = auto.validation_cost(n_val, auto.EVAL_MIN_COUNT, min(n_val, auto.EVAL_MIN_EXAMPLES)) \
+        * forward_per_example
+    if least_val_s > auto.VAL_SHARE * steps * warm.step_s:
+        steps = int((budget - fixed - least_val_s) // per_step)
+        validation = (f"~{least_val_s:.0f} s of validation (the full pass over {n_val} examples and "
+                      f"{auto.EVAL_MIN_COUNT} evaluations: more than {auto.VAL_SHARE:.0%} of the steps)")
+    else:
+        validation = f"validation (evaluations and the full pass at the end) ~{auto.VAL_SHARE:.0%} of the steps"
     why = (f"{warm.step_s:.2f} s per step (median of a warm-up); {warm.spent_s:.0f} s spent planning and "
-           f"warming up, {warm.load_s:.0f} s to load, ~{final_val_s:.0f} s for the final validation, "
-           f"~{checkpoint_s:.0f} s per checkpoint, {BUDGET_MARGIN:.0%} margin, evaluations "
-           f"~{auto.EVAL_SHARE:.0%} of the steps")
+           f"warming up, {warm.load_s:.0f} s to load, ~{checkpoint_s:.0f} s per checkpoint, "
+           f"{BUDGET_MARGIN:.0%} margin, {validation}")
     if steps < 1:
         raise ConfigError(
             f"train.time_budget: {budget:.0f} s does not fit one optimizer step ({why}); give a "

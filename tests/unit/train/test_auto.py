@@ -57,15 +57,27 @@ def test_micro_batch_by_token_budget() -> None:
 
 def test_cadence_and_epochs_for_steps() -> None:
     assert auto.choose_eval_every(54, 40_000, 2000).value == 6  # 10 evaluations (ceil(54 / 10))
-    # 1,000 examples afford 4 evaluations of 32 within 5% (0.05 * 3 * 1008 / 32 = 4.7), not 10.
+    # 1,000 trained examples afford 5% * 3 * 1008 = 151 evaluated ones, less than the full pass
+    # over 300 at the end alone: the fewest evaluations (3).
     choice = auto.choose_eval_every(63, 1008, 300)
-    assert choice.value == 16 and "4 evaluations" in choice.reason
+    assert choice.value == 21 and "3 evaluations" in choice.reason and "full pass over 300" in choice.reason
+    # 5,000 trained examples: 750, the full pass's 300 and (750 - 300) / 32 = 14 more: 10.
+    assert auto.choose_eval_every(100, 5000, 300).value == 10
+    # 3,000: 450, the full pass's 300 and (450 - 300) / 32 = 4 more: 5 evaluations.
+    assert auto.choose_eval_every(100, 3000, 300).value == 20
     assert auto.choose_eval_every(7, 28, 8).value == 3  # never fewer than 3 evaluations
     assert auto.choose_eval_every(2, 8, 8).value == 1
     assert auto.choose_save_every().value is None  # by wall clock
-    assert auto.choose_eval_examples(100, 1000, 10).value == 32  # 5% budget is 15 examples: the floor
-    assert auto.choose_eval_examples(2000, 40_000, 10).value == 600  # 0.05 * 3 * 40k / 10
+    small = auto.choose_eval_examples(100, 1000, 10)  # 150 evaluated examples: the full pass and the floor
+    assert small.value == 32 and "full pass alone" in small.reason
+    assert auto.choose_eval_examples(2000, 40_000, 10).value == 444  # (0.05 * 3 * 40k - 2000) / 9
     assert auto.choose_eval_examples(20, 40_000, 10).value == 20  # never more than there are
+    assert auto.choose_eval_examples(300, 40_000, 10).value == 300  # 10 full passes fit in 6,000
+    assert auto.choose_eval_examples(300, 40_000, 1).value == 300  # one evaluation: the full pass
+    # The chosen cadence keeps the whole run's validation within the share, or at its least.
+    n_evals = 5
+    chosen = auto.choose_eval_examples(300, 3000, n_evals).value
+    assert auto.validation_cost(300, n_evals, chosen) <= auto.validation_budget(3000) + chosen
     choice = auto.epochs_for_steps(10, 64, 8)  # 8 steps per epoch
     assert choice.value == 1.25 and "8 steps per epoch" in choice.reason
 

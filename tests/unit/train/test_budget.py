@@ -37,9 +37,11 @@ def test_budget_fits_the_steps_it_can_afford(make_cfg) -> None:
     plan = make_plan(cfg)
     warm = Warmup(step_s=3.0, load_s=2.0, state_bytes=0, spent_s=5.0)
     fitted = fit_budget(cfg, plan, warm)
-    # 100 s - 5 spent - 2 load - 3% margin - the final validation, at 3 * 1.05 s per step (evals).
-    final_val = len(plan.val) * 3.0 / 8 / 3
-    expected = int((100 - 5 - 2 - 3 - final_val) // 3.15)
+    # 100 s - 5 spent - 2 load - 3% margin, at 3 * 1.05 s per step: validation (its evaluations
+    # and the full pass at the end) takes 5% of the steps' time, which covers its least here.
+    expected = int((100 - 5 - 2 - 3) // 3.15)
+    least = auto.validation_cost(len(plan.val), auto.EVAL_MIN_COUNT, len(plan.val)) * 3.0 / 8 / 3
+    assert least <= 0.05 * expected * 3.0
     assert 0 < fitted.total_steps == expected < plan.total_steps * BUDGET_MAX_EPOCHS
     assert fitted.settings.epochs == pytest.approx(expected / 8, abs=1e-4)  # 58 examples, 8 per step
     assert fitted.config.train.max_steps == expected  # resume replays the same schedule length
@@ -47,6 +49,20 @@ def test_budget_fits_the_steps_it_can_afford(make_cfg) -> None:
     assert "time budget of 100 s" in reasons["train.max_steps"]
     assert fitted.settings.eval_every == auto.choose_eval_every(expected, expected * 8, len(plan.val)).value
     assert [c.field for c in fitted.choices].count("train.eval_every") == 1
+
+
+def test_a_validation_set_too_dear_for_its_share_is_paid_from_the_budget(make_cfg) -> None:
+    """A validation set two thirds the size of the training set: its full pass alone costs more than the
+    5% share, so the plan sets its least cost (the full pass and 3 evaluations) aside first."""
+    cfg = make_cfg(**{"train.epochs": None, "train.time_budget": 60.0, "data.val_fraction": 0.4})
+    plan = make_plan(cfg)
+    n_val = len(plan.val)
+    assert n_val >= 8
+    fitted = fit_budget(cfg, plan, Warmup(step_s=3.0, load_s=0.0, state_bytes=0, spent_s=0.0))
+    least = auto.validation_cost(n_val, auto.EVAL_MIN_COUNT, min(n_val, auto.EVAL_MIN_EXAMPLES)) * 3.0 / 8 / 3
+    assert least > 0.05 * fitted.total_steps * 3.0
+    assert fitted.total_steps == int((60 - 1.8 - least) // 3.0)  # 3% margin
+    assert f"the full pass over {n_val} examples" in {c.field: c.reason for c in fitted.choices}["train.max_steps"]
 
 
 def test_budget_caps_epochs_on_small_data(make_cfg) -> None:
@@ -81,13 +97,15 @@ def test_build_measures_a_warm_up_and_fits(make_cfg) -> None:
 
 def test_a_measured_evaluation_cost_sizes_the_validation_subsample() -> None:
     """What an evaluated example costs is measured in the warm-up: the dearer it is, the fewer
-    validation examples fit the evaluations' 5% share."""
+    validation examples fit validation's 5% share (the evaluations and the full pass at the end)."""
     cheap, dear = Warmup(1.6, 0.0, 0, 0.0, eval_s=0.02), Warmup(1.6, 0.0, 0, 0.0, eval_s=0.05)
     assert cheap.forward_share(16) == pytest.approx(0.2) and dear.forward_share(16) == pytest.approx(0.5)
     assert Warmup(1.6, 0.0, 0, 0.0).forward_share(16) == auto.FORWARD_SHARE  # not measured: the rule of thumb
-    few = auto.choose_eval_examples(5000, 20_000, 10, dear.forward_share(16))
-    many = auto.choose_eval_examples(5000, 20_000, 10, cheap.forward_share(16))
-    assert few.value == 200 and many.value == 500  # 5% of 20,000 trained examples' compute over 10 evaluations
+    few = auto.choose_eval_examples(2000, 50_000, 10, dear.forward_share(16))
+    many = auto.choose_eval_examples(2000, 50_000, 10, cheap.forward_share(16))
+    # 5% of 50,000 trained examples' compute: 5,000 (dear) or 12,500 (cheap) evaluated examples,
+    # less the full pass's 2,000, over the 9 evaluations before the last (which merges into it).
+    assert few.value == 333 and many.value == 1166
     assert "measured at 0.50 of a trained one" in few.reason
 
 
