@@ -36,7 +36,7 @@ from tunecraft.train import attention, dpo, linear, memory, schedule
 from tunecraft.train import checkpoint as ckpt
 from tunecraft.train.compiled import compile_decoder_layers
 from tunecraft.train.deliver import save_deliverable
-from tunecraft.train.lora import apply_lora, four_bit_config, merge_bytes, merged_for_eval
+from tunecraft.train.lora import apply_lora, bf16_adapters, four_bit_config, merge_bytes, merged_for_eval
 from tunecraft.train.loss import densify_grads
 from tunecraft.train.optim import build_optimizer, set_lr
 from tunecraft.train.plan import Plan, TrainSettings, Warmup, checkpoint_bytes, fit_budget, make_plan
@@ -432,10 +432,14 @@ def _trainable(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _autocast(rt: Runtime, method: str) -> contextlib.AbstractContextManager[Any]:
-    if method == "full" and rt.dtype == torch.bfloat16:
+def _autocast(rt: Runtime, s: TrainSettings, model: Any) -> contextlib.AbstractContextManager[Any]:
+    """bf16 products over the fp32 weights a bf16 run trains: full fine-tuning's master weights,
+    and LoRA's adapters (`lora.bf16_adapters`; its frozen base is bf16 already)."""
+    if rt.dtype != torch.bfloat16:
+        return contextlib.nullcontext()
+    if s.method == "full":
         return torch.autocast(rt.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return bf16_adapters(model, rt.device.type, s.lora)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -633,7 +637,7 @@ def train_step(
     before the optimizer touches the weights.
     """
     if s.objective == "dpo":
-        with _autocast(rt, s.method):
+        with _autocast(rt, s, model):
             loss, step_metrics = dpo.accumulate(model, batches, s, rt)  # type: ignore[arg-type]
         if metrics is not None:
             metrics.update(step_metrics)
@@ -646,7 +650,7 @@ def _accumulate_sft(model: Any, batches: list[Batch], s: TrainSettings, rt: Runt
     # With several ranks, `batches` is this rank's share and the divisor counts every rank's.
     (n_loss,) = rt.dist.sum([sum(b.n_loss for b in batches)])
     total = 0.0
-    with _autocast(rt, s.method):
+    with _autocast(rt, s, model):
         for batch in rt.dist.micro_batches(batches):
             out = rt.dist.loss(model, batch.to(rt.device), s.engine)
             (out.loss_sum / max(1, n_loss)).backward()
@@ -759,7 +763,7 @@ def evaluate(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] | Non
     s = plan.settings
     with rt.without_grad(s.method):
         if s.objective == "dpo":
-            with _autocast(rt, s.method):
+            with _autocast(rt, s, model):
                 return ValResult(**dpo.evaluate_pairs(model, plan, rt, indices))
         return _evaluate_sft(model, plan, rt, indices)
 
@@ -773,7 +777,7 @@ def _evaluate_sft(model: Any, plan: Plan, rt: Runtime, indices: tuple[int, ...] 
     batches = micro_batches(plan, mine, plan.val, s.micro_batch_size * EVAL_BATCH_FACTOR)
     sums: list[tuple[float, int]] = []  # (loss sum, loss tokens) per example
     correct = 0
-    with _autocast(rt, s.method), merged_for_eval(model, _merge_for_eval(plan, rt, model)):
+    with _autocast(rt, s, model), merged_for_eval(model, _merge_for_eval(plan, rt, model)):
         for batch in rt.dist.micro_batches(batches):
             out = rt.dist.loss(model, batch.to(rt.device), s.engine, with_accuracy=True)
             if out.example_sums is not None and out.example_tokens is not None:

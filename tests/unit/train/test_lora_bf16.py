@@ -1,0 +1,79 @@
+"""A bf16 LoRA run's adapter products in bf16 over fp32 adapters (train.lora.bf16_adapters):
+the products really run in bf16, the gradients reach the fp32 adapters, and loss and gradients
+match peft's own fp32 adapter products to bf16 rounding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from tunecraft.train import loop
+from tunecraft.train.loop import build, build_model, step_batches
+from tunecraft.train.lora import bf16_adapters
+
+LORA_BF16 = {"train.method": "lora", "lora.r": 4, "lora.alpha": 8, "train.precision": "bf16"}
+
+
+def _model(make_cfg: Any, **values: Any) -> tuple[Any, Any, Any]:
+    plan, rt = build(make_cfg(**{**LORA_BF16, **values}))
+    model, _ = build_model(plan, rt)
+    with torch.no_grad():  # B starts at zero: give the adapters something to add
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return plan, rt, model
+
+
+def _loss_and_grads(model: Any, plan: Any, rt: Any, bf16: bool
+                    ) -> tuple[float, dict[str, torch.Tensor], set[torch.dtype]]:
+    """One micro-batch's loss and the adapters' gradients; the dtypes the adapter products ran in."""
+    dtypes: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+             for name, m in model.named_modules() if name.endswith("lora_A.default")]
+    model.zero_grad(set_to_none=True)
+    batch = step_batches(plan, list(range(8)), rt)[0]
+    context = bf16_adapters(model, "cpu", plan.settings.lora) if bf16 else torch.autocast("cpu", enabled=False)
+    with context:
+        out = rt.dist.loss(model, batch.to(rt.device), plan.settings.engine)
+        out.loss_sum.backward()
+    for h in hooks:
+        h.remove()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return float(out.loss_sum.detach()), grads, dtypes
+
+
+def test_adapter_products_run_in_bf16_and_match_fp32_ones(make_cfg: Any) -> None:
+    plan, rt, model = _model(make_cfg)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    fp32_loss, fp32_grads, fp32_dtypes = _loss_and_grads(model, plan, rt, bf16=False)
+    bf16_loss, bf16_grads, bf16_dtypes = _loss_and_grads(model, plan, rt, bf16=True)
+    assert fp32_dtypes == {torch.float32}  # peft casts the bf16 input up to its fp32 adapters
+    assert bf16_dtypes == {torch.bfloat16}
+    assert bf16_loss == pytest.approx(fp32_loss, rel=2e-2)
+    assert bf16_grads.keys() == fp32_grads.keys() and bf16_grads
+    for name, grad in bf16_grads.items():
+        assert grad.dtype == torch.float32, name  # the master adapters get fp32 gradients
+    flat = lambda gs: torch.cat([g.flatten() for g in gs.values()])  # noqa: E731
+    a, b = flat(bf16_grads), flat(fp32_grads)
+    assert torch.linalg.vector_norm(a - b) <= 0.05 * torch.linalg.vector_norm(b)
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.998
+    # peft's own setting is back after the block
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
+def test_the_loop_uses_it_for_bf16_lora_only(make_cfg: Any) -> None:
+    plan, rt, model = _model(make_cfg)
+    with loop._autocast(rt, plan.settings, model):
+        assert torch.is_autocast_enabled("cpu")
+        assert not any(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+    plan, rt, model = _model(make_cfg, **{"train.precision": "fp32"})
+    with loop._autocast(rt, plan.settings, model):
+        assert not torch.is_autocast_enabled("cpu")  # fp32 adapters over an fp32 base: nothing to cast
+
+
+def test_dora_keeps_pefts_own_casts(make_cfg: Any) -> None:
+    plan, rt, model = _model(make_cfg, **{"lora.use_dora": True})
+    with bf16_adapters(model, "cpu", plan.settings.lora) as used:
+        assert not used and not torch.is_autocast_enabled("cpu")
