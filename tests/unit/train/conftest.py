@@ -1,4 +1,4 @@
-"""Fixtures for training tests: a tiny dataset and a plan builder (tiny model, fp32)."""
+"""Fixtures for training tests: a tiny dataset, a plan builder (tiny model, fp32) and a LoRA model builder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tiny import write_chat_data
 from tunecraft.config import build_config
@@ -32,5 +33,23 @@ def make_cfg(tiny_model_dir: Path, chat_data: Path, tmp_path: Path) -> Any:
         }
         base.update(values)
         return build_config(values=base)
+
+    return make
+
+
+@pytest.fixture
+def make_lora_model(make_cfg: Any) -> Any:
+    """(plan, runtime, model) of a rank-4 LoRA run, its B matrices non-zero so the adapters add
+    something (they start at zero); `values` override the config."""
+    from tunecraft.train.loop import build, build_model
+
+    def make(**values: Any) -> tuple[Any, Any, Any]:
+        plan, rt = build(make_cfg(**{"train.method": "lora", "lora.r": 4, "lora.alpha": 8, **values}))
+        model, _ = build_model(plan, rt)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        return plan, rt, model
 
     return make

@@ -10,21 +10,8 @@ import pytest
 import torch
 
 from tunecraft.train import loop
-from tunecraft.train.loop import build, build_model, step_batches
+from tunecraft.train.loop import step_batches
 from tunecraft.train.lora import bf16_adapters
-
-LORA_BF16 = {"train.method": "lora", "lora.r": 4, "lora.alpha": 8, "train.precision": "bf16"}
-
-
-def _model(make_cfg: Any, **values: Any) -> tuple[Any, Any, Any]:
-    plan, rt = build(make_cfg(**{**LORA_BF16, **values}))
-    model, _ = build_model(plan, rt)
-    with torch.no_grad():  # B starts at zero: give the adapters something to add
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return plan, rt, model
-
 
 def _loss_and_grads(model: Any, plan: Any, rt: Any, bf16: bool
                     ) -> tuple[float, dict[str, torch.Tensor], set[torch.dtype]]:
@@ -44,8 +31,8 @@ def _loss_and_grads(model: Any, plan: Any, rt: Any, bf16: bool
     return float(out.loss_sum.detach()), grads, dtypes
 
 
-def test_adapter_products_run_in_bf16_and_match_fp32_ones(make_cfg: Any) -> None:
-    plan, rt, model = _model(make_cfg)
+def test_adapter_products_run_in_bf16_and_match_fp32_ones(make_lora_model: Any) -> None:
+    plan, rt, model = make_lora_model(**{"train.precision": "bf16"})
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     fp32_loss, fp32_grads, fp32_dtypes = _loss_and_grads(model, plan, rt, bf16=False)
     bf16_loss, bf16_grads, bf16_dtypes = _loss_and_grads(model, plan, rt, bf16=True)
@@ -63,17 +50,17 @@ def test_adapter_products_run_in_bf16_and_match_fp32_ones(make_cfg: Any) -> None
     assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
 
 
-def test_the_loop_uses_it_for_bf16_lora_only(make_cfg: Any) -> None:
-    plan, rt, model = _model(make_cfg)
+def test_the_loop_uses_it_for_bf16_lora_only(make_lora_model: Any) -> None:
+    plan, rt, model = make_lora_model(**{"train.precision": "bf16"})
     with loop._autocast(rt, plan.settings, model):
         assert torch.is_autocast_enabled("cpu")
         assert not any(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
-    plan, rt, model = _model(make_cfg, **{"train.precision": "fp32"})
+    plan, rt, model = make_lora_model()
     with loop._autocast(rt, plan.settings, model):
         assert not torch.is_autocast_enabled("cpu")  # fp32 adapters over an fp32 base: nothing to cast
 
 
-def test_dora_keeps_pefts_own_casts(make_cfg: Any) -> None:
-    plan, rt, model = _model(make_cfg, **{"lora.use_dora": True})
+def test_dora_keeps_pefts_own_casts(make_lora_model: Any) -> None:
+    plan, rt, model = make_lora_model(**{"train.precision": "bf16", "lora.use_dora": True})
     with bf16_adapters(model, "cpu", plan.settings.lora) as used:
         assert not used and not torch.is_autocast_enabled("cpu")

@@ -9,28 +9,15 @@ import pytest
 import torch
 
 from tunecraft.train import loop
-from tunecraft.train.loop import build, build_model, evaluate
+from tunecraft.train.loop import evaluate
 from tunecraft.train.lora import merged_for_eval
-
-LORA = {"train.method": "lora", "lora.r": 4, "lora.alpha": 8}
-
-
-def _lora_model(make_cfg: Any, **values: Any) -> tuple[Any, Any, Any]:
-    plan, rt = build(make_cfg(**{**LORA, **values}))
-    model, _ = build_model(plan, rt)
-    with torch.no_grad():  # B starts at zero: give the adapters something to add
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return plan, rt, model
-
 
 def _base_weights(model: Any) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if "base_layer" in n}
 
 
-def test_fp32_merged_evaluation_equals_the_adapters_and_restores_every_weight(make_cfg: Any) -> None:
-    plan, rt, model = _lora_model(make_cfg)
+def test_fp32_merged_evaluation_equals_the_adapters_and_restores_every_weight(make_lora_model: Any) -> None:
+    plan, rt, model = make_lora_model()
     before = {n: (p, p.detach().clone()) for n, p in _base_weights(model).items()}
     assert before and loop._merge_for_eval(plan, rt, model)
     with torch.inference_mode(), merged_for_eval(model, enabled=False) as merged:
@@ -45,8 +32,8 @@ def test_fp32_merged_evaluation_equals_the_adapters_and_restores_every_weight(ma
     assert not any(m.disable_adapters for m in model.modules() if hasattr(m, "lora_A"))
 
 
-def test_bf16_training_continues_on_the_weights_it_left(make_cfg: Any) -> None:
-    plan, rt, model = _lora_model(make_cfg, **{"train.precision": "bf16"})
+def test_bf16_training_continues_on_the_weights_it_left(make_lora_model: Any) -> None:
+    plan, rt, model = make_lora_model(**{"train.precision": "bf16"})
     base = {n: p.detach().clone() for n, p in _base_weights(model).items()}
     assert next(iter(_base_weights(model).values())).dtype == torch.bfloat16
     with torch.inference_mode(), merged_for_eval(model) as merged:
@@ -57,12 +44,12 @@ def test_bf16_training_continues_on_the_weights_it_left(make_cfg: Any) -> None:
     assert all(torch.equal(p, base[n]) for n, p in _base_weights(model).items())  # no double rounding
 
 
-def test_no_merge_where_it_would_be_wrong(make_cfg: Any) -> None:
-    plan, rt, model = _lora_model(make_cfg, **{"lora.use_dora": True})
+def test_no_merge_where_it_would_be_wrong(make_lora_model: Any) -> None:
+    plan, rt, model = make_lora_model(**{"lora.use_dora": True})
     with torch.inference_mode(), merged_for_eval(model) as merged:
         assert not merged  # DoRA rescales each column: not one merged weight per step of B A
-    plan, rt, model = _lora_model(make_cfg)
+    plan, rt, model = make_lora_model()
     with model.disable_adapter(), merged_for_eval(model) as merged:
         assert not merged  # a reference pass (adapters off) must not get the adapters merged in
-    plan, rt, model = _lora_model(make_cfg, **{"train.compile": True})
+    plan, rt, model = make_lora_model(**{"train.compile": True})
     assert not loop._merge_for_eval(plan, rt, model)  # a swapped weight would recompile the layers
