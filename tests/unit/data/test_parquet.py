@@ -48,9 +48,11 @@ def test_a_broken_file_is_one_issue(tmp_path: Path) -> None:
     assert "re-export it" in parsed.issues[0].message
 
 
-def test_data_check_reads_parquet(tmp_path: Path) -> None:
+def test_data_check_reads_parquet(tmp_path: Path, tiny_model_dir: Path) -> None:
     good = _write(tmp_path / "good.parquet", ROWS[:2] * 3)
-    proc = subprocess.run([sys.executable, "-m", "tunecraft", "data", "check", str(good)],
-                          capture_output=True, text=True)
+    # A tiny model's tokenizer: the default model would be converted into this test's fresh
+    # cache first (~25 s), which is not what this test is about.
+    proc = subprocess.run([sys.executable, "-m", "tunecraft", "data", "check", str(good),
+                           "--model", str(tiny_model_dir)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "6" in proc.stdout  # the rows counted as examples
