@@ -168,7 +168,7 @@ def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int,
     together cost ~5% of the steps' compute (an evaluated example ~1/3 of a trained one unless
     measured); never fewer than 32 examples, all of them when that fits."""
     budget = validation_budget(trained_examples, forward_share)
-    if n_evals <= 1 or n_evals * n_val <= budget:
+    if n_evals <= 1 or validation_cost(n_val, n_evals, n_val) <= budget:
         value = n_val
     else:
         value = min(n_val, max(EVAL_MIN_EXAMPLES, int((budget - n_val) / (n_evals - 1))))

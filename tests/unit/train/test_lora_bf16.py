@@ -13,6 +13,7 @@ from tunecraft.train import loop
 from tunecraft.train.loop import step_batches
 from tunecraft.train.lora import bf16_adapters
 
+
 def _loss_and_grads(model: Any, plan: Any, rt: Any, bf16: bool
                     ) -> tuple[float, dict[str, torch.Tensor], set[torch.dtype]]:
     """One micro-batch's loss and the adapters' gradients; the dtypes the adapter products ran in."""

@@ -12,6 +12,7 @@ from tunecraft.train import loop
 from tunecraft.train.loop import evaluate
 from tunecraft.train.lora import merged_for_eval
 
+
 def _base_weights(model: Any) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if "base_layer" in n}
 
