@@ -306,6 +306,11 @@ def test_compare_shows_every_baseline_with_intervals_flips_and_the_report(
     report = opened.value
     report.wait_for_load_state()
     assert "TF-IDF + logistic regression" in report.content() and "Flipped examples" in report.content()
+    for width, label in ((1280, "laptop"), (390, "phone")):  # wide tables scroll in their box, not the page
+        report.set_viewport_size({"width": width, "height": 800})
+        report.screenshot(path=str(SCREENSHOTS / f"report-{label}.png"), full_page=True)
+        wide, inner = _fits(report)
+        assert wide <= inner, f"the report at {width} px: {wide} > {inner}"
     report.close()
 
 

@@ -20,17 +20,19 @@ from tunecraft import rundir
 SAMPLE = 10  # side-by-side answers shown besides the flipped ones
 SECTIONS = ("verdicts", "curves", "metrics", "task", "general", "data", "config", "answers", "flips")
 
+# A table wider than the page (side-by-side answers on a phone) scrolls in its own box, never the
+# page; long answers and paths wrap anywhere in their cells.
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
 color:#222;line-height:1.45;padding:0 1rem}
 h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.92rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.92rem;display:block;max-width:100%;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;text-align:left}
 th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .ship{font-size:1.15rem;font-weight:600;padding:.6rem .8rem;border-radius:6px}
 .yes{background:#e6f4ea;color:#135c27}.no{background:#fdecea;color:#8a1c12}
 .ok{color:#135c27}.bad{color:#8a1c12}pre{background:#f7f7f7;padding:.7rem;overflow:auto}
-.answers td{max-width:260px;word-wrap:break-word;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.8rem}
+.answers td{max-width:260px;overflow-wrap:anywhere;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.8rem}
 img{max-width:100%}
 """
 
