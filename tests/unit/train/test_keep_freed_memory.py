@@ -6,15 +6,17 @@ import subprocess
 import sys
 
 # Allocates and frees tensors of 1-30 MiB in a changing mix, like a step's activations for
-# packed rows of changing length, and prints the page faults that took; "runtime" first sets
-# up the training runtime as a CPU run does.
+# packed rows of changing length (~3.5 GiB over the 40 rounds after a 5-round warm-up), and
+# prints the page faults the 40 rounds took; "runtime" first sets up the training runtime as a
+# CPU run does.
 CHURN = """
 import resource, sys, torch
 from tunecraft.train.runtime import setup_runtime
 if sys.argv[1] == "runtime":
     setup_runtime("fp32", False, 1)
-start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for i in range(40):
+for i in range(45):
+    if i == 5:
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     xs = [torch.ones((1 + (i * 7 + j * 13) % 30) << 18) for j in range(6)]
     del xs
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
@@ -27,7 +29,7 @@ def _faults(mode: str) -> int:
 
 
 def test_a_cpu_training_runtime_reuses_freed_activations() -> None:
-    # By default glibc returns blocks this size to the system when freed, so every new
-    # allocation faults its pages in again (~0.7M faults here); kept, they are reused.
-    default, kept = _faults("default"), _faults("runtime")
-    assert kept * 10 < default, (kept, default)
+    # Kept, the freed blocks are reused: ~3,000 faults (12 MiB) here. By default glibc hands
+    # blocks this size back to the system and every new one faults its pages in again: 694,272
+    # faults in most runs on the 2-core AMD EPYC, fewer (~90,000) when its heap happens to hold.
+    assert _faults("runtime") < 10_000
