@@ -28,16 +28,24 @@ class DocLayout:
 
     `buckets[b]` is (docs, L): the flat positions of each example in length class b (the
     shared prefix first, then its own tokens), right-padded by repeating the last position.
-    `out_index[t]` is the row of flat position t in the concatenated per-bucket outputs
-    (docs * L rows per bucket, in bucket order).
+    `query_starts[b]` is the first column of bucket b whose queries it computes: with a shared
+    prefix, the examples' buckets start after it (their keys still hold it) and one more
+    bucket, the prefix alone, computes the prefix's queries once. `out_index[t]` is the row of
+    flat position t in the concatenated per-bucket outputs (docs * (L - start) rows per
+    bucket, in bucket order).
     """
 
     buckets: list[torch.Tensor]
     out_index: torch.Tensor  # (T,)
     shared_prefix: int  # tokens stored once for every example (0: none)
+    query_starts: list[int] | None = None  # None: every bucket computes all its queries
+
+    def starts(self) -> list[int]:
+        return self.query_starts if self.query_starts is not None else [0] * len(self.buckets)
 
     def to(self, device: torch.device) -> DocLayout:
-        return DocLayout([b.to(device) for b in self.buckets], self.out_index.to(device), self.shared_prefix)
+        return DocLayout([b.to(device) for b in self.buckets], self.out_index.to(device), self.shared_prefix,
+                         self.query_starts)
 
 
 @dataclass
@@ -191,18 +199,23 @@ def _flat_batch(group: list[TokenizedExample], share_prefix: bool) -> Batch:
 def doc_layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
     """Gather indices per length bucket, and where each flat position's output comes from.
 
-    A flat position in several spans (a shared prefix, a preference pair's common prompt) is
-    computed in each of them alike; its output is taken from the first example that holds it.
+    Every span starts with the `prefix` shared by all (flat positions 0..prefix-1). Its
+    queries are computed once, in a bucket of their own; the examples' buckets compute queries
+    from column `prefix` on, over keys that still include the prefix. A later position in
+    several spans (a preference pair's common prompt) is computed in each of them alike; its
+    output is taken from the first example that holds it.
     """
     by_bucket: dict[int, list[int]] = {}
     owner: dict[int, int] = {}
     for doc, span in enumerate(spans):
+        assert span[:prefix] == list(range(prefix)), "every span starts with the shared prefix"
         by_bucket.setdefault(_bucket_of(len(span)), []).append(doc)
-        for flat in span:
+        for flat in span[prefix:]:
             owner.setdefault(flat, doc)
-    out_index = [0] * n_flat
-    buckets: list[torch.Tensor] = []
-    row_start = 0  # first output row of the current bucket in the concatenated outputs
+    out_index = list(range(prefix)) + [0] * (n_flat - prefix)  # the prefix bucket's rows come first
+    buckets = [torch.arange(prefix).unsqueeze(0)] if prefix else []
+    starts = [0] if prefix else []
+    row_start = prefix  # first output row of the current bucket in the concatenated outputs
     for key in sorted(by_bucket):
         docs = by_bucket[key]
         width = max(len(spans[d]) for d in docs)
@@ -212,13 +225,14 @@ def doc_layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
             # Padding repeats the last position: it sits after the real tokens, so causal
             # attention never lets a real query see it, and its own outputs are dropped.
             index[r] = torch.tensor(span + [span[-1]] * (width - len(span)))
-            base = row_start + r * width
-            for j, flat in enumerate(span):
+            base = row_start + r * (width - prefix)
+            for j, flat in enumerate(span[prefix:]):
                 if owner[flat] == d:
                     out_index[flat] = base + j
         buckets.append(index)
-        row_start += len(docs) * width
-    return DocLayout(buckets, torch.tensor(out_index, dtype=torch.long), prefix)
+        starts.append(prefix)
+        row_start += len(docs) * (width - prefix)
+    return DocLayout(buckets, torch.tensor(out_index, dtype=torch.long), prefix, starts)
 
 
 def packed_batches(

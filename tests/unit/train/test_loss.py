@@ -170,6 +170,48 @@ def test_no_attention_crosses_documents(make_cfg) -> None:
     assert not torch.allclose(out1[0, prefix:end_a], out2[0, prefix:end_a])
 
 
+@pytest.mark.parametrize("window", [None, 3, 7])
+def test_a_shared_prefix_is_attended_once_and_each_document_as_alone(window: int | None) -> None:
+    """With a shared prefix, the prefix's queries run in one bucket of their own and the
+    examples' buckets compute only their own queries over keys that include the prefix (sliding
+    window or not); outputs and gradients equal attending each example's whole span alone."""
+    from tunecraft.data.batching import doc_layout
+    from tunecraft.train.attention import varlen_attention
+
+    torch.manual_seed(0)
+    prefix, own = 4, [3, 6, 2, 5]  # a 4-token prefix, then four examples' own tokens
+    spans, at = [], prefix
+    for n in own:
+        spans.append(list(range(prefix)) + list(range(at, at + n)))
+        at += n
+    layout = doc_layout(spans, at, prefix)
+    assert layout.starts()[0] == 0 and layout.buckets[0].tolist() == [list(range(prefix))]
+    assert set(layout.starts()[1:]) == {prefix}  # no example's bucket computes prefix queries
+    rows = prefix + sum(len(b) * (b.shape[1] - prefix) for b in layout.buckets[1:])
+    assert sorted(layout.out_index.tolist()) == sorted(set(layout.out_index.tolist())) and rows > max(layout.out_index)
+    q, k, v = (torch.randn(1, h, at, 8, requires_grad=True) for h in (4, 2, 2))
+    out, _ = varlen_attention(None, q, k, v, None, tunecraft_layout=layout, sliding_window=window)
+    out.pow(2).sum().backward()
+    got = [out.detach()[0]] + [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    want = torch.zeros_like(got[0])
+    for i, span in enumerate(spans):  # each example alone over its whole span
+        idx = torch.tensor(span)
+        n = len(span)
+        keep = torch.ones(n, n, dtype=torch.bool).tril()
+        if window is not None:
+            keep &= ~torch.ones(n, n, dtype=torch.bool).tril(-window)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, idx], k[:, :, idx], v[:, :, idx], attn_mask=keep, enable_gqa=True)[0].transpose(0, 1)
+        mine = slice(0, n) if i == 0 else slice(prefix, n)  # the prefix's output is the first's
+        want[idx[mine]] = o[mine].detach()
+        o[mine].pow(2).sum().backward()
+    torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
+    for g, x in zip(got[1:], (q, k, v)):
+        torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_bf16_attention_on_cpu_is_computed_in_fp32(autocast: bool) -> None:
     """bf16 states (or bf16 autocast) on CPU attend in fp32: the output and the gradients are
