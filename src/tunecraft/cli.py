@@ -414,6 +414,9 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="ftjob-...")], url: U
 
 def main() -> None:
     """Console entry point: user errors print one clear message, never a stack trace."""
+    from tunecraft.hardware import keep_freed_memory
+
+    keep_freed_memory()  # training, evaluation and serving alike allocate tensors of changing size
     try:
         app()
     except TunecraftError as exc:

@@ -8,16 +8,14 @@ when torchrun launched several (`train.distributed`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import platform
 import random
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from tunecraft.hardware import keep_freed_memory
 from tunecraft.models.facts import pick_device
 from tunecraft.train import distributed
 from tunecraft.train.distributed import Distribution
@@ -65,32 +63,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-# glibc's mallopt parameters (malloc.h) and the values a training process keeps.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
-
-    A CPU training step allocates and frees activations of a different size every micro-batch
-    (packed rows have no fixed length). By default glibc serves blocks over 128 KiB-32 MiB with
-    fresh `mmap`s and trims its heap whenever 128 KiB-64 MiB lie free at its top, so each step
-    faults its working set back in page by page (the kernel zero-fills every 4 KiB page):
-    ~8,000 page faults a LoRA step of the default model. With blocks up to 32 MiB served from
-    the heap and up to 1 GiB of freed heap kept, the same steps fault ~half as often and ran
-    0.91x the whole-process wall time (README, Performance). Peak memory is unchanged: freed
-    memory is reused, not added to. A no-op (False) off Linux/glibc.
-    """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return all(libc.mallopt(param, value) == 1 for param, value in _KEEP_FREED)
 
 
 def setup_runtime(precision: str, deterministic: bool, threads: int, sharding: str = "ddp") -> Runtime:
