@@ -28,24 +28,24 @@ class DocLayout:
 
     `buckets[b]` is (docs, L): the flat positions of each example in length class b (the
     shared prefix first, then its own tokens), right-padded by repeating the last position.
-    `query_starts[b]` is the first column of bucket b whose queries it computes: with a shared
-    prefix, the examples' buckets start after it (their keys still hold it) and one more
-    bucket, the prefix alone, computes the prefix's queries once. `out_index[t]` is the row of
-    flat position t in the concatenated per-bucket outputs (docs * (L - start) rows per
-    bucket, in bucket order).
+    With a shared prefix, the first bucket is the prefix alone (its queries computed once) and
+    the examples' buckets compute queries from column `shared_prefix` on (their keys still hold
+    the prefix); see `starts`. `out_index[t]` is the row of flat position t in the concatenated
+    per-bucket outputs (docs * (L - start) rows per bucket, in bucket order).
     """
 
     buckets: list[torch.Tensor]
     out_index: torch.Tensor  # (T,)
     shared_prefix: int  # tokens stored once for every example (0: none)
-    query_starts: list[int] | None = None  # None: every bucket computes all its queries
 
     def starts(self) -> list[int]:
-        return self.query_starts if self.query_starts is not None else [0] * len(self.buckets)
+        """Per bucket, the first column whose queries it computes."""
+        if not self.shared_prefix:
+            return [0] * len(self.buckets)
+        return [0] + [self.shared_prefix] * (len(self.buckets) - 1)
 
     def to(self, device: torch.device) -> DocLayout:
-        return DocLayout([b.to(device) for b in self.buckets], self.out_index.to(device), self.shared_prefix,
-                         self.query_starts)
+        return DocLayout([b.to(device) for b in self.buckets], self.out_index.to(device), self.shared_prefix)
 
 
 @dataclass
@@ -213,8 +213,7 @@ def doc_layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
         for flat in span[prefix:]:
             owner.setdefault(flat, doc)
     out_index = list(range(prefix)) + [0] * (n_flat - prefix)  # the prefix bucket's rows come first
-    buckets = [torch.arange(prefix).unsqueeze(0)] if prefix else []
-    starts = [0] if prefix else []
+    buckets = [torch.arange(prefix).unsqueeze(0)] if prefix else []  # the prefix's own bucket
     row_start = prefix  # first output row of the current bucket in the concatenated outputs
     for key in sorted(by_bucket):
         docs = by_bucket[key]
@@ -230,9 +229,8 @@ def doc_layout(spans: list[list[int]], n_flat: int, prefix: int) -> DocLayout:
                 if owner[flat] == d:
                     out_index[flat] = base + j
         buckets.append(index)
-        starts.append(prefix)
         row_start += len(docs) * (width - prefix)
-    return DocLayout(buckets, torch.tensor(out_index, dtype=torch.long), prefix, starts)
+    return DocLayout(buckets, torch.tensor(out_index, dtype=torch.long), prefix)
 
 
 def packed_batches(

@@ -90,7 +90,7 @@ def varlen_attention(
     outs = []
     for index, start in zip(layout.buckets, layout.starts()):
         k, v = _blocks(key, index), _blocks(value, index)
-        q = _blocks(query, index[:, start:] if start else index)
+        q = _blocks(query, index[:, start:])
         visible = _visible(q.shape[2], index.shape[1], int(window) if window else None, q.device)
         attend = {"is_causal": True} if visible is None else {"attn_mask": visible}
         if upcast:  # and out of autocast, which would cast them back down
