@@ -93,7 +93,9 @@ def varlen_attention(
         q = _blocks(query, index[:, start:])
         visible = _visible(q.shape[2], index.shape[1], int(window) if window else None, q.device)
         attend = {"is_causal": True} if visible is None else {"attn_mask": visible}
-        if upcast:  # and out of autocast, which would cast them back down
+        if _grouped_applies(q, k, dropout):
+            o = _grouped_attention(q, k, v, visible, scaling)
+        elif upcast:  # and out of autocast, which would cast them back down
             with torch.autocast("cpu", enabled=False):
                 o = F.scaled_dot_product_attention(
                     q.float(), k.float(), v.float(), dropout_p=dropout, scale=scaling, enable_gqa=gqa, **attend,
@@ -106,6 +108,53 @@ def varlen_attention(
     gathered = outs[0] if len(outs) == 1 else torch.cat(outs)
     out = gathered.index_select(0, layout.out_index)  # (T, H, D) in flat order
     return out.unsqueeze(0).to(dtype), None  # (1, T, H, D), as transformers' attention functions return
+
+
+# Blocks whose keys are at most this long attend by batched products (`_grouped_attention`)
+# on CPU; longer ones by SDPA's flash kernel. Measured fwd + bwd on the default model's heads
+# (9 query, 3 key/value), 2-core AMD EPYC: grouped/flash 0.79x (bf16) and 0.70x (fp32) at 64
+# keys, 0.88x / 0.82x at 128, 1.33x / 0.99x at 256. It also keeps the scores for the backward
+# pass (~6 bytes per query and key), which flash recomputes: bounded here by the key length.
+GROUPED_MAX_KEYS = 128
+
+
+def _grouped_applies(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
+    """Whether a block attends by `_grouped_attention`: short keys on CPU, no dropout."""
+    return (q.device.type == "cpu" and dropout == 0.0 and k.shape[2] <= GROUPED_MAX_KEYS
+            and q.shape[1] % k.shape[1] == 0)
+
+
+def _grouped_attention(
+    q: torch.Tensor,  # (docs, H, Lq, D)
+    k: torch.Tensor,  # (docs, Hkv, Lk, D)
+    v: torch.Tensor,  # (docs, Hkv, Lk, D)
+    visible: torch.Tensor | None,  # (Lq, Lk) keys each query sees; None: causal, Lq == Lk
+    scale: float | None,
+) -> torch.Tensor:
+    """Attention of short blocks by two batched products, the query heads that share a key/value
+    head stacked into one product (grouped-query attention without copying keys per head).
+
+    CPU SDPA's flash kernel works in tiles sized for long sequences; on examples of tens of
+    tokens most of its time is per-tile overhead. Here the scores come from one `baddbmm` per
+    block (the mask added as a bias, the scale folded in) and the output from one `bmm`, with
+    autograd's backward. Precision: scores and softmax in fp32, as flash computes them; the
+    probabilities are rounded to the values' dtype for the second product (bf16 in a bf16 run,
+    as flash attention on GPUs does).
+    """
+    docs, heads, lq, dim = q.shape
+    kv_heads, lk = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    keep = visible if visible is not None else torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+    # Query head h uses key/value head h // group (transformers' repeat_kv): stacking the heads of
+    # a group along the queries repeats the mask `group` times down the rows.
+    bias = torch.zeros(lq, lk, device=q.device).masked_fill_(~keep, float("-inf")).repeat(group, 1)
+    with torch.autocast(q.device.type, enabled=False):
+        stacked = q.float().reshape(docs * kv_heads, group * lq, dim)
+        keys_t = k.float().reshape(docs * kv_heads, lk, dim).transpose(1, 2)
+        scores = torch.baddbmm(bias, stacked, keys_t, alpha=dim**-0.5 if scale is None else scale)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        out = torch.bmm(probs, v.reshape(docs * kv_heads, lk, dim))
+    return out.view(docs, heads, lq, dim)
 
 
 def _visible(queries: int, keys: int, window: int | None, device: torch.device) -> torch.Tensor | None:

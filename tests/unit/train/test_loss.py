@@ -213,14 +213,16 @@ def test_a_shared_prefix_is_attended_once_and_each_document_as_alone(window: int
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_bf16_attention_on_cpu_is_computed_in_fp32(autocast: bool) -> None:
-    """bf16 states (or bf16 autocast) on CPU attend in fp32: the output and the gradients are
-    the fp32 computation's, rounded to bf16 once (CPU's bf16 attention backward is much slower)."""
+def test_bf16_attention_of_long_blocks_on_cpu_is_computed_in_fp32(autocast: bool) -> None:
+    """bf16 states (or bf16 autocast) on CPU attend in fp32 when a block's keys are longer than
+    the batched products' limit: the output and the gradients are SDPA's fp32 computation's,
+    rounded to bf16 once (CPU's bf16 attention backward is much slower)."""
     from tunecraft.data.batching import DocLayout
-    from tunecraft.train.attention import varlen_attention
+    from tunecraft.train.attention import GROUPED_MAX_KEYS, varlen_attention
 
     torch.manual_seed(0)
-    T, L = 12, 6  # two documents of 6 tokens each, one bucket
+    L = GROUPED_MAX_KEYS + 2
+    T = 2 * L  # two documents, one bucket
     layout = DocLayout([torch.arange(T).view(2, L)], torch.arange(T), 0)
     source = [torch.randn(1, h, T, 8) for h in (4, 2, 2)]  # query heads 4, key/value heads 2
 
@@ -245,6 +247,45 @@ def test_bf16_attention_on_cpu_is_computed_in_fp32(autocast: bool) -> None:
     assert torch.equal(out, want)
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_attention_of_short_blocks_keeps_fp32_scores(autocast: bool) -> None:
+    """Short blocks attend by batched products with fp32 scores and softmax: on bf16 states the
+    output and gradients are within twice the error of SDPA computing in fp32 and rounding once
+    (both against an fp64 reference); scores rounded to bf16 would be several times further."""
+    from tunecraft.data.batching import DocLayout
+    from tunecraft.train.attention import varlen_attention
+
+    torch.manual_seed(0)
+    docs, L, dim = 4, 40, 16
+    T = docs * L
+    layout = DocLayout([torch.arange(T).view(docs, L)], torch.arange(T), 0)
+    source = [3 * torch.randn(1, h, T, dim) for h in (6, 2, 2)]  # large scores: rounding shows
+    grad_out = torch.randn(1, T, 6, dim, dtype=torch.float64)
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        return x[0].transpose(0, 1).reshape(docs, L, -1, dim).transpose(1, 2)
+
+    def sdpa(dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        xs = [x.to(torch.bfloat16).to(dtype).requires_grad_(True) for x in source]
+        o = torch.nn.functional.scaled_dot_product_attention(*map(blocks, xs), is_causal=True, enable_gqa=True)
+        out = o.transpose(1, 2).reshape(T, 6, dim).unsqueeze(0)
+        if dtype == torch.float32:  # the fp32 computation, rounded to bf16 once
+            out = out.to(torch.bfloat16)
+        out.double().mul(grad_out).sum().backward()
+        return out.double(), [x.grad.to(torch.bfloat16).double() if dtype == torch.float32 else x.grad for x in xs]
+
+    q, k, v = (x.to(torch.bfloat16).requires_grad_(True) for x in source)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, _ = varlen_attention(None, q, k, v, None, tunecraft_layout=layout)
+    assert out.dtype == torch.bfloat16
+    out.double().mul(grad_out).sum().backward()
+    got = [out.double()] + [x.grad.double() for x in (q, k, v)]
+    exact_out, exact_grads = sdpa(torch.float64)
+    rounded_out, rounded_grads = sdpa(torch.float32)
+    for g, r, e in zip(got, [rounded_out, *rounded_grads], [exact_out, *exact_grads]):
+        assert (g - e).norm() <= 2 * (r - e).norm()
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])
