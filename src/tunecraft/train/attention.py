@@ -149,8 +149,9 @@ def _grouped_attention(
     # a group along the queries repeats the mask `group` times down the rows.
     bias = torch.zeros(lq, lk, device=q.device).masked_fill_(~keep, float("-inf")).repeat(group, 1)
     with torch.autocast(q.device.type, enabled=False):
-        stacked = q.float().reshape(docs * kv_heads, group * lq, dim)
-        keys_t = k.float().reshape(docs * kv_heads, lk, dim).transpose(1, 2)
+        # One copy each, straight into the layout the products read (the blocks are strided views).
+        stacked = q.to(torch.float32, memory_format=torch.contiguous_format).reshape(docs * kv_heads, group * lq, dim)
+        keys_t = k.to(torch.float32, memory_format=torch.contiguous_format).reshape(docs * kv_heads, lk, dim).transpose(1, 2)
         scores = torch.baddbmm(bias, stacked, keys_t, alpha=dim**-0.5 if scale is None else scale)
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         out = torch.bmm(probs, v.reshape(docs * kv_heads, lk, dim))
