@@ -174,11 +174,14 @@ def choose_eval_examples(n_val: int, trained_examples: int, n_evals: int,
         value = min(n_val, max(EVAL_MIN_EXAMPLES, int((budget - n_val) / (n_evals - 1))))
     if value == n_val:
         return Choice("train.eval_examples", value, f"all {n_val} validation examples at each evaluation")
-    over = (f"; the full pass alone costs about {VAL_SHARE:.0%}, so the evaluations take the fewest examples"
-            if budget < validation_cost(n_val, n_evals, EVAL_MIN_EXAMPLES) else "")
-    return Choice("train.eval_examples", value, f"{value} of {n_val} validation examples per evaluation, "
-                  f"all {n_val} at the end (~{VAL_SHARE:.0%} of the compute over {n_evals} evaluations and "
-                  f"the full pass{_share_note(forward_share)}){over}")
+    head = f"{value} of {n_val} validation examples per evaluation, all {n_val} at the end"
+    if budget < validation_cost(n_val, n_evals, EVAL_MIN_EXAMPLES):  # even the fewest cost more
+        spent = validation_cost(n_val, n_evals, value) * forward_share / max(1, trained_examples)
+        return Choice("train.eval_examples", value, f"{head}: the fewest, since the full pass over {n_val} "
+                      f"costs more than the {VAL_SHARE:.0%} of the steps' compute aimed at (~{spent:.0%} with "
+                      f"{n_evals} evaluations{_share_note(forward_share)})")
+    return Choice("train.eval_examples", value, f"{head} (~{VAL_SHARE:.0%} of the steps' compute over {n_evals} "
+                  f"evaluations and the full pass{_share_note(forward_share)})")
 
 
 def choose_save_every() -> Choice:
