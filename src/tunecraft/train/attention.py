@@ -118,6 +118,16 @@ def varlen_attention(
 GROUPED_MAX_KEYS = 128
 
 
+def kept_score_bytes(device_type: str, heads: int, max_len: int, compute_bytes: int) -> int:
+    """Bytes per query token and decoder layer that `_grouped_attention` keeps for the backward
+    pass beyond what SDPA keeps: the fp32 probabilities over at most GROUPED_MAX_KEYS keys per
+    head, and their copy in the compute dtype when that is narrower (0 where SDPA runs)."""
+    if device_type != "cpu":
+        return 0
+    per_score = 4 + (compute_bytes if compute_bytes < 4 else 0)
+    return per_score * heads * min(max_len, GROUPED_MAX_KEYS)
+
+
 def _grouped_applies(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
     """Whether a block attends by `_grouped_attention`: short keys on CPU, no dropout."""
     return (q.device.type == "cpu" and dropout == 0.0 and k.shape[2] <= GROUPED_MAX_KEYS

@@ -4,7 +4,8 @@ checkpointing from these, and `train --dry-run` shows them beside the measured p
 The estimate is the usual accounting (weights, gradients, AdamW's two fp32 moments, the
 activations one micro-batch keeps for its backward pass). Activations per token and decoder
 layer are taken as (12 * hidden + 4 * intermediate) values: the inputs every linear layer,
-norm and the attention keep for backward. With gradient checkpointing a layer keeps only its
+norm and the attention keep for backward, plus, on CPU, the attention probabilities that short
+blocks keep (`attention.kept_score_bytes`). With gradient checkpointing a layer keeps only its
 input (hidden values per token) and one layer at a time is recomputed in full.
 """
 
@@ -59,22 +60,24 @@ def shape(model_dir: Path) -> dict[str, int]:
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 512)
     return {"hidden": hidden, "intermediate": int(config.get("intermediate_size") or 4 * hidden),
             "layers": int(config.get("num_hidden_layers") or config.get("n_layer") or 1),
+            "heads": int(config.get("num_attention_heads") or config.get("n_head") or 1),
             "vocab": int(config.get("vocab_size") or 32000)}
 
 
 def estimate(n_params: int, trainable: int, method: str, compute_bytes: int, micro_tokens: int,
              dims: dict[str, int], checkpointing: bool, full_logits: bool = False,
-             four_bit: int = 0) -> MemoryEstimate:
+             four_bit: int = 0, score_bytes: int = 0) -> MemoryEstimate:
     """Peak bytes of one training step. `compute_bytes`: 2 for bf16, 4 for fp32; LoRA keeps the
     frozen base in the compute dtype, full fine-tuning fp32 master weights; `micro_tokens`:
     tokens of one forward pass; `full_logits`: the reference engine's logits over every token;
-    `four_bit`: base weights stored in 4 bits (QLoRA; see `linear_weights`)."""
+    `four_bit`: base weights stored in 4 bits (QLoRA; see `linear_weights`); `score_bytes`:
+    what attention keeps per token and layer beyond that (`attention.kept_score_bytes`)."""
     if method == "lora":
         base = (n_params - four_bit) * compute_bytes + int(four_bit * FOUR_BIT_BYTES)
         weights = base + trainable * 4
     else:
         weights = n_params * 4
-    per_layer = (12 * dims["hidden"] + 4 * dims["intermediate"]) * compute_bytes
+    per_layer = (12 * dims["hidden"] + 4 * dims["intermediate"]) * compute_bytes + score_bytes
     if checkpointing:
         kept = micro_tokens * (dims["hidden"] * compute_bytes * dims["layers"] + per_layer)
     else:

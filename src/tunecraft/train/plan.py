@@ -32,6 +32,7 @@ from tunecraft.models.facts import context_length, count_params, pick_device
 from tunecraft.models.load import load_tokenizer
 from tunecraft.models.resolve import ResolvedModel, resolve_model
 from tunecraft.train import auto, memory
+from tunecraft.train.attention import kept_score_bytes
 from tunecraft.train.lora import qlora_problems
 from tunecraft.train.memory import MemoryEstimate
 
@@ -359,14 +360,18 @@ def _memory_choice(cfg: RunConfig, model_dir: Path, n_params: int, max_len: int)
     four_bit = memory.linear_weights(model_dir, cfg.model.trust_remote_code) if cfg.lora.quantize != "none" else 0
     micro_tokens = int(tc.micro_batch_size or 1) * max_len * (2 if tc.objective == "dpo" else 1)
     dims = memory.shape(model_dir)
+    device = pick_device()
+    # The fast engine's short attention blocks on CPU keep their probabilities (the reference
+    # engine's padded rows attend through SDPA).
+    scores = kept_score_bytes(device.type, dims["heads"], max_len, compute_bytes) if tc.engine == "fast" else 0
 
     def at(checkpointing: bool) -> MemoryEstimate:
         return memory.estimate(n_params, trainable, str(tc.method), compute_bytes, micro_tokens, dims,
-                               checkpointing, full_logits=tc.engine == "reference", four_bit=four_bit)
+                               checkpointing, full_logits=tc.engine == "reference", four_bit=four_bit,
+                               score_bytes=scores)
 
     if tc.gradient_checkpointing is not None:
         return at(tc.gradient_checkpointing), None
-    device = pick_device()
     has, plain = memory.device_bytes(device), at(False)
     where = f"{device.type} has {has / 2**30:.1f} GiB" if has else "device memory unknown"
     if has and plain.total > memory.HEADROOM * has:

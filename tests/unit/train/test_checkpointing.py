@@ -66,6 +66,31 @@ def test_the_estimate_adds_up_and_checkpointing_shrinks_activations() -> None:
     assert ckpt.activations < full.activations / 10 and ckpt.total == ckpt.to_json()["total"]
     lora = memory.estimate(135_000_000, 5_000_000, "lora", 2, 4096, dims, checkpointing=False)
     assert lora.weights == 135_000_000 * 2 + 5_000_000 * 4 and lora.gradients == 5_000_000 * 4
+    scored = memory.estimate(135_000_000, 135_000_000, "full", 2, 4096, dims, checkpointing=False, score_bytes=100)
+    assert scored.activations == full.activations + 4096 * 100 * 30
+
+
+def test_short_attention_blocks_kept_probabilities_are_counted_on_cpu_only() -> None:
+    """CPU's batched short-block attention keeps fp32 probabilities (and their bf16 copy in a bf16
+    run) over at most GROUPED_MAX_KEYS keys per head; SDPA elsewhere keeps none of them."""
+    from tunecraft.train.attention import GROUPED_MAX_KEYS, kept_score_bytes
+
+    assert kept_score_bytes("cpu", 9, 2048, 2) == (4 + 2) * 9 * GROUPED_MAX_KEYS
+    assert kept_score_bytes("cpu", 9, 2048, 4) == 4 * 9 * GROUPED_MAX_KEYS  # fp32: one tensor
+    assert kept_score_bytes("cpu", 9, 64, 2) == 6 * 9 * 64  # no example is longer than max_len
+    assert kept_score_bytes("cuda", 9, 2048, 2) == 0
+
+
+def test_the_plans_estimate_counts_the_kept_probabilities(make_cfg) -> None:
+    from tunecraft.train.attention import kept_score_bytes
+
+    plan = make_plan(make_cfg(**{"train.gradient_checkpointing": False}))
+    dims, s = memory.shape(plan.model.path), plan.settings
+    compute = 2 if s.precision == "bf16" else 4
+    per_layer = (12 * dims["hidden"] + 4 * dims["intermediate"]) * compute
+    scores = kept_score_bytes("cpu", dims["heads"], s.max_length, compute)
+    assert scores > 0 and plan.memory is not None
+    assert plan.memory.activations == s.micro_batch_size * s.max_length * (per_layer + scores) * dims["layers"]
 
 
 def test_auto_turns_checkpointing_on_when_the_estimate_exceeds_the_device(make_cfg, monkeypatch) -> None:
