@@ -80,11 +80,6 @@ def varlen_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     assert query.shape[0] == 1, "the varlen layout is one flat row"
-    # Grouped-query attention (each key/value head serves several query heads) is SDPA's own
-    # business: it reads the shared heads in place instead of copying them per query head.
-    gqa = query.shape[1] != key.shape[1]
-    dtype = query.dtype
-    upcast = _upcast_on(query)
     # A local layer (Mistral's, Gemma's sliding window) sees only the last `window` positions.
     window = kwargs.get("sliding_window")
     outs = []
@@ -92,22 +87,29 @@ def varlen_attention(
         k, v = _blocks(key, index), _blocks(value, index)
         q = _blocks(query, index[:, start:])
         visible = _visible(q.shape[2], index.shape[1], int(window) if window else None, q.device)
-        attend = {"is_causal": True} if visible is None else {"attn_mask": visible}
         if _grouped_applies(q, k, dropout):
             o = _grouped_attention(q, k, v, visible, scaling)
-        elif upcast:  # and out of autocast, which would cast them back down
-            with torch.autocast("cpu", enabled=False):
-                o = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), dropout_p=dropout, scale=scaling, enable_gqa=gqa, **attend,
-                )
         else:
-            o = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout, scale=scaling, enable_gqa=gqa, **attend
-            )
+            o = _sdpa(q, k, v, visible, dropout, scaling)
         outs.append(o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3]))  # (docs * Lq, H, D)
     gathered = outs[0] if len(outs) == 1 else torch.cat(outs)
     out = gathered.index_select(0, layout.out_index)  # (T, H, D) in flat order
-    return out.unsqueeze(0).to(dtype), None  # (1, T, H, D), as transformers' attention functions return
+    return out.unsqueeze(0).to(query.dtype), None  # (1, T, H, D), as transformers' attention functions return
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None, dropout: float,
+          scale: float | None) -> torch.Tensor:
+    """One block through SDPA (long blocks, and every block off the CPU)."""
+    attend: dict[str, Any] = {"is_causal": True} if visible is None else {"attn_mask": visible}
+    # Grouped-query attention (each key/value head serves several query heads) is SDPA's own
+    # business: it reads the shared heads in place instead of copying them per query head.
+    gqa = q.shape[1] != k.shape[1]
+    if _upcast_on(q):  # and out of autocast, which would cast them back down
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), dropout_p=dropout, scale=scale, enable_gqa=gqa, **attend
+            )
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale, enable_gqa=gqa, **attend)
 
 
 # Blocks whose keys are at most this long attend by batched products (`_grouped_attention`)
