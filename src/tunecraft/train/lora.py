@@ -27,9 +27,15 @@ QLORA_DEVICES = ("cuda", "cpu")
 
 
 def apply_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
-    """Wrap `model` in a PeftModel; only the adapters require grad (kept in fp32 by peft)."""
+    """Wrap `model` in a PeftModel; only the adapters require grad (kept in fp32 by peft).
+
+    Plain LoRA's layers are `FusedLoraLinear`s (peft's layer with a one-function training
+    product, registered through peft's custom-module mapping); anything else is peft's own.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
+
+    from tunecraft.train import lora_linear
 
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
@@ -40,6 +46,8 @@ def apply_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
         use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
+    if lora_linear.applies(cfg.dropout, cfg.use_dora, cfg.quantize):
+        peft_cfg._register_custom_module({torch.nn.Linear: lora_linear.FusedLoraLinear})
     if cfg.quantize != "none":
         keep_trainable_layout(model)
     torch.manual_seed(seed)  # LoRA A init is random: make it part of the seeded run
@@ -57,10 +65,17 @@ def bf16_adapters(model: Any, device_type: str, cfg: LoraConfig) -> Iterator[boo
     fp32 adapters in fp32, the mixed precision full fine-tuning uses. Measured on the default
     model, 2-core AMD EPYC (AVX-512 BF16), rank 64 on every linear layer: 0.82x the step time,
     the same losses to bf16 rounding. Plain LoRA and rsLoRA only: a 4-bit base (QLoRA) and DoRA
-    keep peft's own casts.
+    keep peft's own casts. Without dropout, plain LoRA's layers are `FusedLoraLinear`s, which
+    multiply in the base's dtype themselves: no autocast then (it dispatches every operation of
+    the step), and the block yields True all the same.
     """
+    from tunecraft.train import lora_linear
+
     if cfg.quantize != "none" or cfg.use_dora:
         yield False
+        return
+    if lora_linear.applies(cfg.dropout, cfg.use_dora, cfg.quantize):
+        yield True
         return
     from peft.helpers import disable_input_dtype_casting
 
