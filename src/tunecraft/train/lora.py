@@ -46,7 +46,7 @@ def apply_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
         use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
-    if lora_linear.applies(cfg.dropout, cfg.use_dora, cfg.quantize):
+    if lora_linear.applies(cfg):
         peft_cfg._register_custom_module({torch.nn.Linear: lora_linear.FusedLoraLinear})
     if cfg.quantize != "none":
         keep_trainable_layout(model)
@@ -74,7 +74,7 @@ def bf16_adapters(model: Any, device_type: str, cfg: LoraConfig) -> Iterator[boo
     if cfg.quantize != "none" or cfg.use_dora:
         yield False
         return
-    if lora_linear.applies(cfg.dropout, cfg.use_dora, cfg.quantize):
+    if lora_linear.applies(cfg):
         yield True
         return
     from peft.helpers import disable_input_dtype_casting

@@ -12,12 +12,13 @@ is one function:
 
 with a hand-written backward (the base weight frozen): dx = g W + s (g B) A, dA = s (g B)^T x,
 dB = s g^T (x A^T), the adapters' gradients in their own fp32. With every LoRA layer fused, a bf16
-LoRA run needs no autocast at all (`plain_lora`). Measured on the default model, 2-core Xeon with
-AMX, rank 64 on every linear layer, bench data, interleaved steps in one process: 0.94x the step
-time of peft's layer under autocast (docs/performance.md).
+LoRA run needs no autocast at all (`lora.bf16_adapters`). Measured on the default model, 2-core
+Xeon with AMX, rank 64 on every linear layer, bench data, interleaved steps in one process:
+0.935x the step time of peft's layer under autocast (docs/performance.md).
 
-Anything else (dropout above 0, DoRA, a quantized or non-float base, several adapters, adapter
-names per row, merged weights, adapters switched off) takes peft's own forward unchanged.
+Anything else (dropout above 0, DoRA, a quantized or trainable base, a base other than a plain
+`nn.Linear` such as fp32 runs' oneDNN `FastLinear`, several adapters, adapter names per row,
+merged weights, adapters switched off) takes peft's own forward unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import torch
 from peft.tuners.lora import Linear as PeftLoraLinear
+
+from tunecraft.config import LoraConfig
 
 
 class _LoraProduct(torch.autograd.Function):
@@ -87,7 +90,7 @@ class FusedLoraLinear(PeftLoraLinear):
                                   self.lora_B[name].weight, float(self.scaling[name]))
 
 
-def applies(dropout: float, use_dora: bool, quantize: str) -> bool:
-    """Whether every layer `apply_lora` makes with these settings is a `FusedLoraLinear` that
-    computes its own product (so a bf16 run needs no autocast)."""
-    return dropout == 0 and not use_dora and quantize == "none"
+def applies(cfg: LoraConfig) -> bool:
+    """Whether the linear layers `apply_lora` makes with these settings are `FusedLoraLinear`s
+    that compute their own product (so a bf16 run needs no autocast)."""
+    return cfg.dropout == 0 and not cfg.use_dora and cfg.quantize == "none"

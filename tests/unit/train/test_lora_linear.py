@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import Linear as PeftLoraLinear
 
+from tunecraft.config import LoraConfig as TunecraftLora
 from tunecraft.train.lora_linear import FusedLoraLinear, applies
 
 
@@ -93,7 +94,7 @@ def test_the_state_dict_is_pefts() -> None:
 
 
 def test_which_settings_fuse() -> None:
-    assert applies(0.0, False, "none")
-    assert not applies(0.05, False, "none")
-    assert not applies(0.0, True, "none")
-    assert not applies(0.0, False, "nf4")
+    assert applies(TunecraftLora())
+    assert not applies(TunecraftLora(dropout=0.05))
+    assert not applies(TunecraftLora(use_dora=True))
+    assert not applies(TunecraftLora(quantize="nf4"))
